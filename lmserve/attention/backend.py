@@ -1,0 +1,55 @@
+"""The contract between the model runner and an attention backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Where one step's tokens sit in the paged KV cache.
+
+    The step's tokens are flattened: request i owns tokens `query_start_loc[i]:query_start_loc[i+1]`,
+    which are the last tokens of its `seq_lens[i]`-long context. The KV cache of each layer is one tensor
+    of shape [2, num_blocks, block_size, num_kv_heads, head_dim]; `block_tables[i]` lists request i's
+    blocks in order (padded with 0), and `slot_mapping[t]` is the flat cache slot that token t writes.
+    """
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64
+    block_tables: torch.Tensor  # [num_requests, max_blocks_per_request] int64
+    seq_lens: torch.Tensor  # [num_requests] int64
+    query_start_loc: torch.Tensor  # [num_requests + 1] int64
+    max_query_len: int
+    max_seq_len: int
+
+    @property
+    def num_requests(self) -> int:
+        return self.seq_lens.shape[0]
+
+
+class AttentionBackend(Protocol):
+    """Writes a step's new keys and values into the cache, then attends over each request's context."""
+
+    def forward(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        ...
+
+
+def write_kv_cache(
+    key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Store each token's key and value at its slot of the paged cache."""
+    num_kv_heads, head_dim = key.shape[1], key.shape[2]
+    kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
+    kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)

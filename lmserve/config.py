@@ -1,0 +1,155 @@
+"""Engine configuration: one dataclass per concern, validated once when the engine starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmserve.errors import ConfigError, ModelLoadError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how; the Hugging Face config is read from the directory in __post_init__."""
+
+    model: str
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    load_format: str = "auto"  # "auto"/"safetensors": read the weights; "dummy": random weights
+    seed: int = 0
+    skip_tokenizer_init: bool = False
+    hf_config: Any = field(init=False, repr=False)
+    torch_dtype: torch.dtype = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not os.path.isdir(self.model):
+            raise ModelLoadError(f"model directory not found: {self.model!r}")
+        if not os.path.isfile(os.path.join(self.model, "config.json")):
+            raise ModelLoadError(f"{self.model!r} has no config.json: is it a Hugging Face model directory?")
+        if self.load_format not in ("auto", "safetensors", "dummy"):
+            raise ConfigError(f"load_format must be 'auto', 'safetensors' or 'dummy', got {self.load_format!r}")
+        import transformers
+
+        try:
+            self.hf_config = transformers.AutoConfig.from_pretrained(self.model)
+        except (ValueError, OSError, KeyError, json.JSONDecodeError) as error:
+            raise ModelLoadError(f"cannot read the model config in {self.model!r}: {error}") from error
+        self.torch_dtype = self._resolve_dtype()
+        self.max_model_len = self._resolve_max_model_len()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_config.vocab_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.hf_config.num_hidden_layers
+
+    @property
+    def num_kv_heads(self) -> int:
+        return getattr(self.hf_config, "num_key_value_heads", None) or self.hf_config.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        config = self.hf_config
+        return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def _resolve_dtype(self) -> torch.dtype:
+        name = _DTYPE_ALIASES.get(self.dtype, self.dtype)
+        if name == "auto":
+            configured = getattr(self.hf_config, "dtype", None) or getattr(self.hf_config, "torch_dtype", None)
+            if isinstance(configured, torch.dtype):
+                return configured if configured in _DTYPES.values() else torch.float32
+            return _DTYPES.get(str(configured), torch.float32)
+        if name not in _DTYPES:
+            raise ConfigError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        return _DTYPES[name]
+
+    def _resolve_max_model_len(self) -> int:
+        limit = getattr(self.hf_config, "max_position_embeddings", None)
+        if self.max_model_len is None:
+            if limit is None:
+                raise ConfigError("the model config has no max_position_embeddings: pass max_model_len")
+            return limit
+        if self.max_model_len < 2:
+            raise ConfigError(f"max_model_len must be at least 2, got {self.max_model_len}")
+        if limit is not None and self.max_model_len > limit:
+            raise ConfigError(f"max_model_len {self.max_model_len} exceeds the model's limit of {limit}")
+        return self.max_model_len
+
+
+@dataclass
+class CacheConfig:
+    """How large the paged KV cache is and whether full blocks are shared between equal prefixes.
+
+    The block count is `num_kv_blocks` when given, else what `kv_cache_memory_bytes` holds, else
+    `gpu_memory_utilization` of the GPU's memory (after the weights) or `cpu_kv_cache_bytes` on the CPU.
+    """
+
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    num_kv_blocks: int | None = None
+    kv_cache_memory_bytes: int | None = None
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of two, got {self.block_size}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ConfigError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+@dataclass
+class SchedulerConfig:
+    """Per-step limits of continuous batching: tokens computed per step and requests running at once."""
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine needs, grouped by concern."""
+
+    model: ModelConfig
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    @classmethod
+    def from_options(cls, model: str, **options: Any) -> EngineConfig:
+        """Build from flat keyword options (the `LLM(...)` and CLI style); unknown names are an error."""
+        groups = {ModelConfig: {}, CacheConfig: {}, SchedulerConfig: {}}
+        device = options.pop("device", "auto")
+        for name, value in options.items():
+            owner = next((g for g in groups if name in {f.name for f in dataclasses.fields(g) if f.init}), None)
+            if owner is None:
+                raise ConfigError(f"unknown engine option {name!r}")
+            groups[owner][name] = value
+        return cls(
+            model=ModelConfig(model=model, **groups[ModelConfig]),
+            cache=CacheConfig(**groups[CacheConfig]),
+            scheduler=SchedulerConfig(**groups[SchedulerConfig]),
+            device=device,
+        )

@@ -1,0 +1,75 @@
+"""The engine core loop: schedule a step, run it on the model, advance the requests, report."""
+
+from __future__ import annotations
+
+from lmserve.config import EngineConfig
+from lmserve.engine.kv_cache_manager import KVCacheManager
+from lmserve.engine.messages import EngineCoreOutput, EngineCoreRequest
+from lmserve.engine.request import Request
+from lmserve.engine.scheduler import Scheduler, SchedulerStats
+from lmserve.outputs import PositionLogprobs
+from lmserve.worker.model_runner import ModelRunner, PromptLogprobsChunk
+
+
+class EngineCore:
+    """Works on token ids only; tokenizing, detokenizing and stop strings belong to the frontend."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.runner = ModelRunner(config)
+        num_blocks = self.runner.determine_num_blocks()
+        self.runner.allocate_kv_cache(num_blocks)
+        self.scheduler = Scheduler(config.scheduler, KVCacheManager(num_blocks, config.cache.block_size))
+
+    def add_request(self, core_request: EngineCoreRequest) -> None:
+        self.scheduler.add_request(Request(core_request))
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self.scheduler.abort_request(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()
+
+    def step(self) -> list[EngineCoreOutput]:
+        """Run one iteration of continuous batching; return what each request got from it."""
+        batch = self.scheduler.schedule()
+        result = self.runner.execute(batch)
+        self.scheduler.update_from_output(batch, result.sampled_token_ids)
+        outputs = []
+        for index, request in enumerate(batch.requests):
+            token = result.sampled_token_ids[index]
+            prompt_logprobs = _new_prompt_logprobs(request, result.prompt_logprobs[index])
+            if token is None and not prompt_logprobs:
+                continue
+            logprobs = result.logprobs[index]
+            outputs.append(
+                EngineCoreOutput(
+                    request_id=request.request_id,
+                    new_token_ids=[] if token is None else [token],
+                    new_logprobs=None if logprobs is None else [logprobs],
+                    new_prompt_logprobs=prompt_logprobs,
+                    finish_reason=request.status.finish_reason,
+                    stop_reason=request.stop_reason,
+                    num_cached_tokens=request.num_cached_tokens,
+                    first_scheduled_time=request.first_scheduled_time,
+                )
+            )
+        return outputs
+
+
+def _new_prompt_logprobs(
+    request: Request, chunk: PromptLogprobsChunk | None
+) -> list[PositionLogprobs | None] | None:
+    """The prompt logprobs not yet sent; a recomputation after preemption sends nothing twice."""
+    sent = request.num_prompt_logprobs_sent
+    if request.sampling_params.prompt_logprobs is None or sent == request.num_prompt_tokens:
+        return None
+    new: list[PositionLogprobs | None] = [None] if sent == 0 else []  # the first token has no context
+    if chunk is not None:
+        new += chunk.positions[max(sent, 1) - chunk.first_index :]
+    request.num_prompt_logprobs_sent += len(new)
+    return new

@@ -1,0 +1,1 @@
+"""Ways in: the offline `LLM` class and the `lmserve` command line."""

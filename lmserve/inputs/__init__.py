@@ -1,0 +1,1 @@
+"""Input processing: tokenizer loading, validation and turning prompts into engine-core requests."""

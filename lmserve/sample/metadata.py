@@ -1,0 +1,129 @@
+"""One step's sampling state: every request's SamplingParams turned into per-row tensors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lmserve.errors import InvalidRequestError
+from lmserve.sample.penalties import Penalties
+from lmserve.sampling_params import SamplingParams
+
+
+@dataclass
+class LogitAdditions:
+    """Values added to a few (row, token) logits: a logit_bias, or -inf to forbid a token.
+
+    Sparse because a request touches a handful of tokens, where a dense [rows, vocab] tensor would
+    cost megabytes every step.
+    """
+
+    row_indices: torch.Tensor  # [n] int64
+    token_ids: torch.Tensor  # [n] int64
+    values: torch.Tensor  # [n] float32
+
+    @classmethod
+    def build(cls, per_row: list[dict[int, float]], device: torch.device | str) -> LogitAdditions | None:
+        """None when no row adds anything, so the sampler skips the step."""
+        entries = [(row, token, value) for row, additions in enumerate(per_row) for token, value in additions.items()]
+        if not entries:
+            return None
+        rows, tokens, values = zip(*entries, strict=True)
+        return cls(
+            row_indices=torch.tensor(rows, dtype=torch.int64, device=device),
+            token_ids=torch.tensor(tokens, dtype=torch.int64, device=device),
+            values=torch.tensor(values, dtype=torch.float32, device=device),
+        )
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits with the values added, as a new tensor."""
+        return logits.index_put((self.row_indices, self.token_ids), self.values, accumulate=True)
+
+
+@dataclass
+class SamplingMetadata:
+    """Everything the Sampler needs for one step, one row per request; built once per step.
+
+    Optional parts are None when no row needs them, so the sampler skips work nobody asked for.
+    """
+
+    temperature: torch.Tensor | None  # [rows] float32; 1.0 where off and on greedy rows
+    greedy: torch.Tensor  # [rows] bool
+    all_greedy: bool
+    all_random: bool
+    top_k: torch.Tensor | None  # [rows] int64; vocab_size where off
+    top_p: torch.Tensor | None  # [rows] float32; 1.0 where off
+    min_p: torch.Tensor | None  # [rows] float32; 0.0 where off
+    generators: dict[int, torch.Generator]  # row -> its request's own generator, for seeded random rows
+    logit_bias: LogitAdditions | None
+    min_tokens_mask: LogitAdditions | None  # -inf on the stop tokens of rows still short of min_tokens
+    penalties: Penalties | None
+    max_num_logprobs: int | None  # the most top logprobs any row asked for; None: no row wants logprobs
+
+    @classmethod
+    def build(
+        cls,
+        params: list[SamplingParams],
+        prompt_token_ids: list[list[int]],
+        output_token_ids: list[list[int]],
+        eos_token_ids: list[tuple[int, ...]],
+        generators: list[torch.Generator | None],
+        vocab_size: int,
+        device: torch.device | str,
+    ) -> SamplingMetadata:
+        """Collect the batch's options; `generators[i]` is request i's generator if it has a seed."""
+        greedy = [p.greedy for p in params]
+
+        def random_rows_column(values: list[float], off: float, dtype: torch.dtype) -> torch.Tensor | None:
+            """A [rows] tensor, or None when no row turns the option on; greedy rows never use it."""
+            values = [off if is_greedy else value for is_greedy, value in zip(greedy, values, strict=True)]
+            if all(value == off for value in values):
+                return None
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        top_k = [vocab_size if p.top_k == -1 else min(p.top_k, vocab_size) for p in params]
+        return cls(
+            temperature=random_rows_column([p.temperature for p in params], off=1.0, dtype=torch.float32),
+            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            all_greedy=all(greedy),
+            all_random=not any(greedy),
+            top_k=random_rows_column(top_k, off=vocab_size, dtype=torch.int64),
+            top_p=random_rows_column([p.top_p for p in params], off=1.0, dtype=torch.float32),
+            min_p=random_rows_column([p.min_p for p in params], off=0.0, dtype=torch.float32),
+            generators={
+                row: generator
+                for row, (p, generator) in enumerate(zip(params, generators, strict=True))
+                if generator is not None and not p.greedy
+            },
+            logit_bias=LogitAdditions.build([_checked_logit_bias(p, vocab_size) for p in params], device),
+            min_tokens_mask=LogitAdditions.build(
+                [
+                    _min_tokens_mask(p, len(output), eos, vocab_size)
+                    for p, output, eos in zip(params, output_token_ids, eos_token_ids, strict=True)
+                ],
+                device,
+            ),
+            penalties=Penalties.build(params, prompt_token_ids, output_token_ids, vocab_size, device),
+            max_num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=None),
+        )
+
+
+def _checked_logit_bias(params: SamplingParams, vocab_size: int) -> dict[int, float]:
+    # An out-of-range id would crash the whole batch's index_put (a device assert on GPU); fail clearly.
+    for token_id in params.logit_bias:
+        if token_id >= vocab_size:
+            raise InvalidRequestError(f"logit_bias token id {token_id} is outside the vocabulary of {vocab_size}")
+    return params.logit_bias
+
+
+def _min_tokens_mask(
+    params: SamplingParams, num_output_tokens: int, eos_token_ids: tuple[int, ...], vocab_size: int
+) -> dict[int, float]:
+    """-inf for each token that would stop the request while it has fewer than min_tokens outputs."""
+    if num_output_tokens >= params.min_tokens:
+        return {}
+    stop_ids = list(params.stop_token_ids) + ([] if params.ignore_eos else list(eos_token_ids))
+    # Ids beyond the model's vocabulary can never be sampled, so there is nothing to mask.
+    return {token_id: -math.inf for token_id in stop_ids if token_id < vocab_size}

@@ -1,0 +1,1 @@
+"""The model runner: turns a scheduled batch into model inputs, runs the model, samples."""

@@ -1,0 +1,167 @@
+"""Runs one scheduled step: prepare inputs, run the model over the flat batch, sample, take logprobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmserve.attention import Attention, AttentionBackend, TorchAttentionBackend
+from lmserve.config import EngineConfig
+from lmserve.engine.scheduler import SchedulerOutput
+from lmserve.errors import ConfigError
+from lmserve.models import load_model
+from lmserve.outputs import PositionLogprobs
+from lmserve.sample import Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
+from lmserve.worker.input_preparation import StepInputs, prepare_inputs
+
+
+@dataclass
+class PromptLogprobsChunk:
+    """Logprobs of prompt tokens `first_index`, `first_index + 1`, ... computed in one step."""
+
+    first_index: int
+    positions: list[PositionLogprobs]
+
+
+@dataclass
+class ModelRunnerOutput:
+    """Per scheduled request (in batch order): the sampled token (None mid-prefill) and logprobs."""
+
+    sampled_token_ids: list[int | None]
+    logprobs: list[PositionLogprobs | None]
+    prompt_logprobs: list[PromptLogprobsChunk | None]
+
+
+class ModelRunner:
+    """Holds the model, its paged KV cache and the sampler; keeps each seeded request's generator."""
+
+    def __init__(self, config: EngineConfig, backend: AttentionBackend | None = None) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        model_config = config.model
+        self.model = load_model(
+            model_config.model,
+            model_config.hf_config,
+            model_config.torch_dtype,
+            self.device,
+            model_config.load_format,
+            model_config.seed,
+        )
+        self.backend = backend or TorchAttentionBackend()
+        self.sampler = Sampler()
+        self.generators: dict[str, torch.Generator] = {}
+        self.kv_caches: list[torch.Tensor] = []
+
+    @property
+    def kv_cache_block_bytes(self) -> int:
+        """Bytes of one block across all layers (keys and values)."""
+        model = self.config.model
+        element_size = torch.tensor([], dtype=model.torch_dtype).element_size()
+        per_layer = 2 * self.config.cache.block_size * model.num_kv_heads * model.head_dim * element_size
+        return per_layer * model.num_layers
+
+    def determine_num_blocks(self) -> int:
+        """Blocks that fit the configured budget, capped at what `max_num_seqs` full sequences need."""
+        cache = self.config.cache
+        model = self.config.model
+        blocks_per_seq = -(-model.max_model_len // cache.block_size)
+        if cache.num_kv_blocks is not None:
+            num_blocks = cache.num_kv_blocks
+        else:
+            budget = cache.kv_cache_memory_bytes
+            if budget is None and self.device.type == "cuda":
+                free, total = torch.cuda.mem_get_info(self.device)
+                budget = int(free - total * (1.0 - cache.gpu_memory_utilization))
+            elif budget is None:
+                budget = cache.cpu_kv_cache_bytes
+            num_blocks = budget // self.kv_cache_block_bytes
+            num_blocks = min(num_blocks, blocks_per_seq * self.config.scheduler.max_num_seqs + 1)
+        if num_blocks < blocks_per_seq:
+            raise ConfigError(
+                f"the KV cache holds {num_blocks} blocks of {cache.block_size} tokens, fewer than one sequence "
+                f"of max_model_len={model.max_model_len} needs ({blocks_per_seq}); "
+                "give it more memory or lower max_model_len"
+            )
+        return num_blocks
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Preallocate every layer's cache (zeroed, so unwritten slots are finite) and bind it."""
+        model = self.config.model
+        shape = (2, num_blocks, self.config.cache.block_size, model.num_kv_heads, model.head_dim)
+        layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.kv_caches = [torch.zeros(shape, dtype=model.torch_dtype, device=self.device) for _ in layers]
+        for layer, kv_cache in zip(layers, self.kv_caches, strict=True):
+            layer.bind(kv_cache, self.backend)
+
+    @torch.inference_mode()
+    def execute(self, batch: SchedulerOutput) -> ModelRunnerOutput:
+        for request_id in batch.finished_request_ids:
+            self.generators.pop(request_id, None)
+        num_requests = len(batch.requests)
+        if num_requests == 0:
+            return ModelRunnerOutput([], [], [])
+        inputs = prepare_inputs(batch, self.config.cache.block_size, self.device)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata)
+
+        sampled: list[int | None] = [None] * num_requests
+        logprobs: list[PositionLogprobs | None] = [None] * num_requests
+        if inputs.sampling_rows:
+            self._sample(batch, inputs, hidden, sampled, logprobs)
+        prompt_logprobs = [self._prompt_logprobs(batch, inputs, hidden, i) for i in range(num_requests)]
+        return ModelRunnerOutput(sampled, logprobs, prompt_logprobs)
+
+    def _sample(
+        self,
+        batch: SchedulerOutput,
+        inputs: StepInputs,
+        hidden: torch.Tensor,
+        sampled: list[int | None],
+        logprobs: list[PositionLogprobs | None],
+    ) -> None:
+        requests = [batch.requests[i] for i in inputs.sampling_rows]
+        logits = self.model.compute_logits(hidden[inputs.sample_indices])
+        metadata = SamplingMetadata.build(
+            params=[r.sampling_params for r in requests],
+            prompt_token_ids=[r.prompt_token_ids for r in requests],
+            output_token_ids=[r.output_token_ids for r in requests],
+            eos_token_ids=[r.eos_token_ids for r in requests],
+            generators=[self._generator(r.request_id, r.sampling_params.seed) for r in requests],
+            vocab_size=logits.shape[-1],
+            device=self.device,
+        )
+        output = self.sampler(logits, metadata)
+        token_ids = output.sampled_token_ids.tolist()
+        wanted = [r.sampling_params.logprobs for r in requests]
+        positions = None
+        if output.logprobs is not None:
+            positions = to_position_logprobs(output.logprobs, [n or 0 for n in wanted])
+        for row, index in enumerate(inputs.sampling_rows):
+            sampled[index] = token_ids[row]
+            if positions is not None and wanted[row] is not None:
+                logprobs[index] = positions[row]
+
+    def _prompt_logprobs(
+        self, batch: SchedulerOutput, inputs: StepInputs, hidden: torch.Tensor, index: int
+    ) -> PromptLogprobsChunk | None:
+        """Logprobs of the prompt tokens this chunk predicts: position p's logits score token p + 1."""
+        request = batch.requests[index]
+        num_top = request.sampling_params.prompt_logprobs
+        start = request.num_computed_tokens
+        end = min(start + batch.num_new_tokens[index], request.num_prompt_tokens - 1)
+        if num_top is None or start >= end:
+            return None
+        first_row = int(inputs.query_start_loc[index])
+        logits = self.model.compute_logits(hidden[first_row : first_row + end - start])
+        targets = torch.tensor(request.token_ids[start + 1 : end + 1], device=self.device)
+        tensors = compute_logprobs(torch.log_softmax(logits, dim=-1), targets, num_top)
+        return PromptLogprobsChunk(start + 1, to_position_logprobs(tensors, [num_top] * (end - start)))
+
+    def _generator(self, request_id: str, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        generator = self.generators.get(request_id)
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            self.generators[request_id] = generator
+        return generator
