@@ -52,6 +52,8 @@ class KVCacheManager:
     def find_cached_prefix(self, request: Request) -> list[KVCacheBlock]:
         """The cached blocks of the request's longest cached prefix, leaving at least one token to compute.
 
+        The caller records the lookup in `stats` once the request is actually admitted.
+
         Requests asking for prompt logprobs must compute every prompt position, so they get none.
         """
         if request.sampling_params.prompt_logprobs is not None:
@@ -64,21 +66,24 @@ class KVCacheManager:
             if block is None:
                 break
             hits.append(block)
-        self.stats.queries += request.num_tokens
-        self.stats.hits += len(hits) * self.block_size
         return hits
+
+    def record_lookup(self, num_tokens: int, num_hits: int) -> None:
+        self.stats.queries += num_tokens
+        self.stats.hits += num_hits
 
     def allocate(self, request: Request, num_new_tokens: int, cached: list[KVCacheBlock] = ()) -> bool:
         """Reserve blocks for `num_new_tokens` more tokens after the computed and `cached` ones.
 
         Returns False, changing nothing, when the pool has too few free blocks.
         """
-        held = self.blocks.setdefault(request.request_id, [])
+        held = self.blocks.get(request.request_id, [])
         num_tokens_after = request.num_computed_tokens + len(cached) * self.block_size + num_new_tokens
         num_new_blocks = -(-num_tokens_after // self.block_size) - len(held) - len(cached)
         num_revived = sum(1 for block in cached if block.ref_count == 0)
         if max(num_new_blocks, 0) + num_revived > self.pool.num_free_blocks:
             return False
+        self.blocks[request.request_id] = held
         self.pool.touch(cached)
         held.extend(cached)
         if num_new_blocks > 0:

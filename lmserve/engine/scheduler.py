@@ -114,8 +114,7 @@ class Scheduler:
             if not self.kv_cache.allocate(request, num_new, cached):
                 break
             self.waiting.pop(0)
-            self.kv_cache.stats.queries += request.num_tokens
-            self.kv_cache.stats.hits += num_cached
+            self.kv_cache.record_lookup(request.num_tokens, num_cached)
             request.num_computed_tokens = num_cached
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_cached
