@@ -1,0 +1,95 @@
+"""One sample of a request, as the output processor sees it: tokens, text and logprobs so far."""
+
+from __future__ import annotations
+
+from lmserve.engine.messages import EngineCoreOutput
+from lmserve.output_processing.detokenizer import IncrementalDetokenizer
+from lmserve.output_processing.stop_checker import StopChecker
+from lmserve.outputs import CompletionOutput, FinishReason, PositionLogprobs
+
+
+class SampleState:
+    """Accumulates one child request's outputs and remembers how much a DELTA stream has already sent."""
+
+    def __init__(
+        self,
+        index: int,
+        detokenizer: IncrementalDetokenizer | None,
+        stop_checker: StopChecker | None,
+        wants_logprobs: bool,
+    ) -> None:
+        self.index = index
+        self.detokenizer = detokenizer
+        self.stop_checker = stop_checker
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.logprobs: list[PositionLogprobs] | None = [] if wants_logprobs else None
+        self.cumulative_logprob: float | None = 0.0 if wants_logprobs else None
+        self.finish_reason: FinishReason | None = None
+        self.stop_reason: int | str | None = None
+        self.has_news = False  # new tokens or a finish since the last output was built
+        self._num_sent_tokens = 0
+        self._num_sent_chars = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def update(self, output: EngineCoreOutput) -> bool:
+        """Take one step's output; True when a stop string ended the sample before the engine did.
+
+        Tokens are taken one at a time, so those after a stop string are dropped.
+        """
+        for position, token_id in enumerate(output.new_token_ids):
+            self.has_news = True
+            self.token_ids.append(token_id)
+            if self.logprobs is not None and output.new_logprobs is not None:
+                position_logprobs = output.new_logprobs[position]
+                self.logprobs.append(position_logprobs)
+                self.cumulative_logprob += position_logprobs[token_id].logprob
+            if self.detokenizer is not None and self._add_text(self.detokenizer.add_tokens([token_id])):
+                return not output.finished
+        if output.finished:
+            self.has_news = True
+            if self.detokenizer is not None and self._add_text(self.detokenizer.flush()):
+                return False
+            self.finish_reason = output.finish_reason
+            self.stop_reason = output.stop_reason
+        return False
+
+    def _add_text(self, new_text: str) -> bool:
+        """Append text; on a stop string, cut the text there, finish and return True."""
+        self.text += new_text
+        if self.stop_checker is None or not new_text:
+            return False
+        match = self.stop_checker.find(self.text, len(new_text))
+        if match is None:
+            return False
+        self.text = match.text
+        self.finish_reason = "stop"
+        self.stop_reason = match.stop
+        return True
+
+    def completion_output(self, delta: bool) -> CompletionOutput:
+        """Everything so far, or (delta) only what the previous delta output did not carry.
+
+        Until the sample finishes, text that may start a stop string is held back.
+        """
+        self.has_news = False
+        num_visible_chars = len(self.text)
+        if not self.finished and self.stop_checker is not None:
+            num_visible_chars -= self.stop_checker.num_held_back_chars(self.text)
+        first_token = self._num_sent_tokens if delta else 0
+        first_char = self._num_sent_chars if delta else 0
+        if delta:
+            self._num_sent_tokens = len(self.token_ids)
+            self._num_sent_chars = num_visible_chars
+        return CompletionOutput(
+            index=self.index,
+            text=self.text[first_char:num_visible_chars],
+            token_ids=self.token_ids[first_token:],
+            cumulative_logprob=self.cumulative_logprob,
+            logprobs=None if self.logprobs is None else self.logprobs[first_token:],
+            finish_reason=self.finish_reason,
+            stop_reason=self.stop_reason,
+        )
