@@ -79,7 +79,7 @@ def check_invariants(scheduler: Scheduler, batch: SchedulerOutput) -> None:
     assert len(batch.requests) <= config.max_num_seqs and len(scheduler.running) <= config.max_num_seqs
     assert len({r.request_id for r in batch.requests}) == len(batch.requests)
     holders: dict[int, int] = {}
-    for request_id, blocks in kv_cache.blocks.items():
+    for blocks in kv_cache.blocks.values():
         assert len({b.block_id for b in blocks}) == len(blocks), "a request holds a block twice"
         for block in blocks:
             holders[block.block_id] = holders.get(block.block_id, 0) + 1

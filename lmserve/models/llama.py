@@ -1,0 +1,198 @@
+"""The Llama decoder family: Llama, Mistral and Qwen2; Qwen3 parametrises it in `qwen3.py`.
+
+Module names follow Hugging Face's (`model.layers.N.self_attn...`) so checkpoint names map over directly,
+except that q/k/v and gate/up are fused into `qkv_proj` and `gate_up_proj`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmserve.attention import Attention, AttentionMetadata
+from lmserve.errors import UnsupportedArchitectureError
+from lmserve.models.layers import MergedLinear, RMSNorm, RotaryEmbedding
+from lmserve.models.weights import StackedMapping, load_stacked_weights
+
+STACKED_PARAMS: StackedMapping = (
+    ("qkv_proj", "q_proj", 0),
+    ("qkv_proj", "k_proj", 1),
+    ("qkv_proj", "v_proj", 2),
+    ("gate_up_proj", "gate_proj", 0),
+    ("gate_up_proj", "up_proj", 1),
+)
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Where a family's attention block departs from Llama's."""
+
+    qkv_bias: bool
+    output_bias: bool
+    qk_norm: bool = False  # RMS-normalise each query and key head before rotary (Qwen3)
+
+
+def head_dim_of(hf_config: Any) -> int:
+    """Explicit `head_dim` when the config sets one (Qwen3 does), else hidden size / heads."""
+    return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+
+
+def sliding_window_of(hf_config: Any, layer_index: int) -> int | None:
+    """The layer's attention window, or None for full attention.
+
+    Mistral's `sliding_window` covers every layer; Qwen2/3 apply theirs only with `use_sliding_window`,
+    and then only to the layers that `layer_types` marks as sliding.
+    """
+    window = getattr(hf_config, "sliding_window", None)
+    if window is None or not getattr(hf_config, "use_sliding_window", True):
+        return None
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is not None and layer_types[layer_index] != "sliding_attention":
+        return None
+    return window
+
+
+class LlamaAttention(nn.Module):
+    """Fused q/k/v projection, rotary, paged attention, output projection."""
+
+    def __init__(
+        self, hf_config: Any, layer_index: int, rotary_emb: RotaryEmbedding, options: AttentionOptions
+    ) -> None:
+        super().__init__()
+        num_heads = hf_config.num_attention_heads
+        num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+        self.head_dim = head_dim_of(hf_config)
+        self.q_size = num_heads * self.head_dim
+        self.kv_size = num_kv_heads * self.head_dim
+        hidden_size = hf_config.hidden_size
+        self.qkv_proj = MergedLinear(hidden_size, [self.q_size, self.kv_size, self.kv_size], options.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=options.output_bias)
+        self.q_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps) if options.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps) if options.qk_norm else None
+        self.rotary_emb = rotary_emb
+        self.attn = Attention(
+            num_heads, num_kv_heads, self.head_dim, self.head_dim**-0.5, sliding_window_of(hf_config, layer_index)
+        )
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        query, key, value = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.q_norm is not None:
+            query = self.q_norm(query.unflatten(-1, (-1, self.head_dim))).flatten(-2)
+            key = self.k_norm(key.unflatten(-1, (-1, self.head_dim))).flatten(-2)
+        query, key = self.rotary_emb(positions, query, key)
+        return self.o_proj(self.attn(query, key, value, metadata))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)), with gate and up fused into one projection."""
+
+    def __init__(self, hf_config: Any) -> None:
+        super().__init__()
+        if hf_config.hidden_act != "silu":
+            raise UnsupportedArchitectureError(f"hidden_act {hf_config.hidden_act!r} is not supported; only 'silu'")
+        bias = bool(getattr(hf_config, "mlp_bias", False))
+        hidden_size, intermediate_size = hf_config.hidden_size, hf_config.intermediate_size
+        self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size, intermediate_size], bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block; the residual travels beside the hidden states so each norm can fuse its add."""
+
+    def __init__(
+        self, hf_config: Any, layer_index: int, rotary_emb: RotaryEmbedding, options: AttentionOptions
+    ) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(hf_config, layer_index, rotary_emb, options)
+        self.mlp = LlamaMLP(hf_config)
+        self.input_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        metadata: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (block output, residual); their sum is the block's output in Hugging Face terms."""
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, metadata)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers and final norm; returns the last hidden states."""
+
+    def __init__(self, hf_config: Any, options: AttentionOptions) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(hf_config.vocab_size, hf_config.hidden_size)
+        rotary_emb = RotaryEmbedding(hf_config, head_dim_of(hf_config))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(hf_config, index, rotary_emb, options) for index in range(hf_config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, metadata)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    """A causal LM over the flat token batch of one engine step; Mistral uses this class unchanged."""
+
+    def __init__(self, hf_config: Any) -> None:
+        super().__init__()
+        self.model = LlamaModel(hf_config, self.attention_options(hf_config))
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        # Tied checkpoints reuse the embedding matrix as the output projection.
+        if self.tie_word_embeddings:
+            self.lm_head = self.model.embed_tokens
+        else:
+            self.lm_head = nn.Linear(hf_config.hidden_size, hf_config.vocab_size, bias=False)
+
+    @staticmethod
+    def attention_options(hf_config: Any) -> AttentionOptions:
+        """Llama's `attention_bias` covers q/k/v and the output projection alike."""
+        bias = bool(getattr(hf_config, "attention_bias", False))
+        return AttentionOptions(qkv_bias=bias, output_bias=bias)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        """Hidden states [num_tokens, hidden] for the step's flat `input_ids` at `positions`."""
+        return self.model(input_ids, positions, metadata)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [n, vocab]; callers pass only the rows they sample from."""
+        return F.linear(hidden_states, self.lm_head.weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy Hugging Face-named checkpoint tensors in; return the names of the parameters loaded."""
+        # inv_freq is recomputed, and a tied checkpoint's lm_head (when present) is the embedding again.
+        skip = ["rotary_emb.inv_freq", *(["lm_head.weight"] if self.tie_word_embeddings else [])]
+        return load_stacked_weights(self, weights, STACKED_PARAMS, skip)
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    """Qwen2: Llama with biases on q/k/v (never on the output projection)."""
+
+    @staticmethod
+    def attention_options(hf_config: Any) -> AttentionOptions:
+        return AttentionOptions(qkv_bias=True, output_bias=False)
