@@ -1,0 +1,31 @@
+"""The model runner's KV cache sizing."""
+
+import pytest
+
+from lmserve.config import EngineConfig
+from lmserve.errors import ConfigError
+from lmserve.worker.model_runner import ModelRunner
+
+
+def make_runner(model_dir, **options):
+    return ModelRunner(EngineConfig.from_options(str(model_dir), dtype="float32", device="cpu", **options))
+
+
+def test_block_bytes_count_every_layer_key_and_value(tiny_models):
+    runner = make_runner(tiny_models.get("qwen3"))
+    # 2 layers x (key + value) x 16 tokens x 2 kv heads x head_dim 32 x 4 bytes
+    assert runner.kv_cache_block_bytes == 2 * 2 * 16 * 2 * 32 * 4
+
+
+def test_number_of_blocks_follows_the_byte_budget_or_the_explicit_count(tiny_models):
+    runner = make_runner(tiny_models.get("qwen3"), max_model_len=64, kv_cache_memory_bytes=100 * 16384 + 5)
+    assert runner.determine_num_blocks() == 100
+    assert make_runner(tiny_models.get("qwen3"), max_model_len=64, num_kv_blocks=7).determine_num_blocks() == 7
+    capped = make_runner(tiny_models.get("qwen3"), max_model_len=64, max_num_seqs=2)
+    assert capped.determine_num_blocks() == 2 * 4 + 1  # no more than max_num_seqs full sequences need
+
+
+def test_a_cache_too_small_for_one_sequence_is_a_clear_error(tiny_models):
+    runner = make_runner(tiny_models.get("qwen3"), max_model_len=64, num_kv_blocks=3)
+    with pytest.raises(ConfigError, match="lower max_model_len"):
+        runner.determine_num_blocks()
