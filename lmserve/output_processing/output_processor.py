@@ -33,6 +33,7 @@ class _RequestState:
     def __init__(
         self,
         request_id: str,
+        child_ids: list[str],
         prompt: str | None,
         prompt_token_ids: list[int],
         params: SamplingParams,
@@ -40,6 +41,7 @@ class _RequestState:
         tokenizer: PreTrainedTokenizerFast | None,
     ) -> None:
         self.request_id = request_id
+        self.child_ids = child_ids  # the engine-core request of sample i is child_ids[i]
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
         self.output_kind = params.output_kind
@@ -157,7 +159,9 @@ class OutputProcessor:
             raise ValueError(f"a request with n={params.n} needs {params.n} child ids, not {len(child_request_ids)}")
         if any(key in self._requests or key in self._children for key in [request_id, *child_request_ids]):
             raise InvalidRequestError(f"request id {request_id!r} or one of its child ids is already in use")
-        state = _RequestState(request_id, prompt, prompt_token_ids, params, arrival_time, self.tokenizer)
+        state = _RequestState(
+            request_id, child_request_ids, prompt, prompt_token_ids, params, arrival_time, self.tokenizer
+        )
         self._requests[request_id] = state
         for index, child_id in enumerate(child_request_ids):
             self._children[child_id] = (state, index)
@@ -167,10 +171,7 @@ class OutputProcessor:
         state = self._requests.pop(request_id, None)
         if state is None:
             return []
-        running = [child_id for child_id, (owner, _) in self._children.items() if owner is state]
-        for child_id in running:
-            del self._children[child_id]
-        return running
+        return [child_id for child_id in state.child_ids if self._children.pop(child_id, None) is not None]
 
     def request_ids(self) -> KeysView[str]:
         """The ids of the requests being tracked (an id can be reused once its request is forgotten)."""
