@@ -23,3 +23,15 @@ class ConfigError(LmserveError, ValueError):
 
 class OutOfKVCacheError(LmserveError):
     """A request can never fit in the KV cache, even alone."""
+
+
+class EngineDeadError(LmserveError):
+    """The engine core process is gone; no request can be served until the server restarts."""
+
+
+class ServerOverloadedError(LmserveError):
+    """The waiting queue is full; the client should retry later."""
+
+
+class RequestTimeoutError(LmserveError):
+    """A request ran past its deadline and was aborted."""

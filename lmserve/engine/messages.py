@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lmserve.engine.scheduler_stats import SchedulerStats
 from lmserve.outputs import FinishReason, PositionLogprobs
 from lmserve.sampling_params import SamplingParams
 
@@ -38,3 +39,18 @@ class EngineCoreOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+@dataclass
+class EngineCoreOutputs:
+    """One message from the engine core process: a step's outputs and the scheduler's state after it."""
+
+    outputs: list[EngineCoreOutput]
+    stats: SchedulerStats
+
+
+@dataclass
+class EngineCoreReady:
+    """Sent once the engine core process has loaded the model and allocated the KV cache."""
+
+    num_kv_blocks: int

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from lmserve.config import SchedulerConfig
 from lmserve.engine.kv_cache_manager import KVCacheManager
 from lmserve.engine.request import Request, RequestStatus
+from lmserve.engine.scheduler_stats import SchedulerStats
 
 
 @dataclass
@@ -34,23 +35,6 @@ class SchedulerOutput:
         """Whether request `index` reaches its last known token this step, so a new token is sampled."""
         request = self.requests[index]
         return request.num_computed_tokens + self.num_new_tokens[index] == request.num_tokens
-
-
-@dataclass
-class SchedulerStats:
-    """A snapshot for metrics."""
-
-    num_running: int
-    num_waiting: int
-    num_used_blocks: int
-    num_total_blocks: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_preemptions: int
-
-    @property
-    def kv_cache_usage(self) -> float:
-        return self.num_used_blocks / self.num_total_blocks
 
 
 class Scheduler:

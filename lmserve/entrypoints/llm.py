@@ -30,7 +30,7 @@ class LLM:
 
     def get_default_sampling_params(self) -> SamplingParams:
         """The model's generation_config.json sampling values; used when `generate` gets no params."""
-        return self.engine.input_processor.default_sampling_params()
+        return self.engine.default_sampling_params()
 
     def generate(
         self,

@@ -1,0 +1,125 @@
+"""The server's engine: the frontend in this process, the engine core in its own, outputs as async streams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from lmserve.config import EngineConfig
+from lmserve.engine.core_client import EngineCoreClient
+from lmserve.engine.frontend import Frontend
+from lmserve.engine.messages import EngineCoreOutput
+from lmserve.engine.scheduler_stats import SchedulerStats
+from lmserve.errors import EngineDeadError
+from lmserve.inputs.processor import Prompt
+from lmserve.outputs import RequestOutput
+from lmserve.sampling_params import SamplingParams
+
+
+class StepObserver(Protocol):
+    """Sees every engine step as its outputs arrive (metrics use this)."""
+
+    def on_step(self, outputs: list[EngineCoreOutput], stats: SchedulerStats, now: float) -> None: ...
+
+    def on_request_finished(self, output: RequestOutput) -> None: ...
+
+
+class AsyncEngine:
+    """`generate()` yields a request's outputs as the engine core produces them.
+
+    One background task receives each step's outputs, turns them into RequestOutputs (detokenizing, stop
+    strings) and hands each to its request's queue. A request whose consumer goes away (client
+    disconnect, timeout) is aborted, which frees its KV blocks in the engine core.
+    """
+
+    def __init__(self, config: EngineConfig, observer: StepObserver | None = None) -> None:
+        self.config = config
+        self.frontend = Frontend(config)
+        self.client = EngineCoreClient(config)
+        self.observer = observer
+        self.stats: SchedulerStats | None = None
+        self.dead_error: EngineDeadError | None = None
+        self._queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._output_task: asyncio.Task | None = None
+
+    @property
+    def tokenizer(self) -> Any | None:
+        return self.frontend.tokenizer
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._queues)
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.dead_error is None and self.client.is_alive()
+
+    def default_sampling_params(self) -> SamplingParams:
+        return self.frontend.default_sampling_params()
+
+    async def start(self) -> None:
+        await self.client.start()
+        self.client.watch_death(self._on_engine_death)
+        self._output_task = asyncio.create_task(self._receive_outputs(), name="lmserve-outputs")
+
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, request_id: str, priority: int = 0
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs (as its params' output_kind says) until it finishes.
+
+        Invalid input raises InvalidRequestError before anything is queued.
+        """
+        if self.dead_error is not None:
+            raise self.dead_error
+        core_requests = self.frontend.add_request(request_id, prompt, params, priority)
+        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._queues[request_id] = queue
+        self.client.add_requests(core_requests)
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request wherever it is; safe to call for unknown or finished requests."""
+        self.client.abort_requests(self.frontend.abort_request(request_id))
+
+    def shutdown(self) -> None:
+        if self._output_task is not None:
+            self._output_task.cancel()
+        self.client.shutdown()
+
+    async def _receive_outputs(self) -> None:
+        while True:
+            message = await self.client.get_outputs()
+            now = time.monotonic()
+            processed = self.frontend.process_outputs(message.outputs)
+            self.client.abort_requests(processed.requests_to_abort)
+            self.stats = message.stats
+            if self.observer is not None:
+                self.observer.on_step(message.outputs, message.stats, now)
+            for output in processed.request_outputs:
+                if output.finished and self.observer is not None:
+                    self.observer.on_request_finished(output)
+                queue = self._queues.get(output.request_id)
+                if queue is not None:
+                    queue.put_nowait(output)
+
+    def _on_engine_death(self) -> None:
+        """Fail every in-flight request at once; later requests fail fast with the same error."""
+        self.client.process.join(timeout=1.0)  # reap it, so its exit code is known
+        self.dead_error = EngineDeadError(f"the engine core process died (exit code {self.client.process.exitcode})")
+        for queue in self._queues.values():
+            queue.put_nowait(self.dead_error)
+        if self._output_task is not None:
+            self._output_task.cancel()
