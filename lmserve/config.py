@@ -24,7 +24,7 @@ class ModelConfig:
     dtype: str = "auto"
     max_model_len: int | None = None
     load_format: str = "auto"  # "auto"/"safetensors": read the weights; "dummy": random weights
-    seed: int = 0
+    load_seed: int = 0  # seed of the random weights of load_format "dummy"
     skip_tokenizer_init: bool = False
     hf_config: Any = field(init=False, repr=False)
     torch_dtype: torch.dtype = field(init=False)

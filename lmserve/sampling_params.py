@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from lmserve.errors import InvalidRequestError
 
 _MAX_LOGPROBS = 20
+_GREEDY_TEMPERATURE = 1e-5
 
 
 class RequestOutputKind(enum.Enum):
@@ -58,13 +60,14 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Temperatures this small would overflow the scaled logits; they mean greedy anyway."""
+        return self.temperature < _GREEDY_TEMPERATURE
 
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first invalid field."""
         checks = [
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
-            (self.temperature >= 0.0, f"temperature must be non-negative, got {self.temperature}"),
+            (0.0 <= self.temperature < math.inf, f"temperature must be finite and >= 0, got {self.temperature}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k == -1 or self.top_k >= 1, f"top_k must be -1 (off) or at least 1, got {self.top_k}"),
             (0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}"),

@@ -1,36 +1,61 @@
-"""The `lmserve` command line."""
+"""The `lmserve` command line: `lmserve serve` and `lmserve generate`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from lmserve.config import CacheConfig, ModelConfig, SchedulerConfig
+from lmserve.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from lmserve.entrypoints.cli_args import add_dataclass_arguments, pick
 from lmserve.errors import LmserveError
 from lmserve.sampling_params import SamplingParams
+from lmserve.server.config import ServerConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmserve", description="Serve and run large language models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    serve = commands.add_parser("serve", help="serve a model over OpenAI- and TGI-compatible HTTP APIs")
+    serve.add_argument("model", nargs="?", help="a local Hugging Face model directory (default: the embedded model)")
+    _add_engine_arguments(serve)
+    serve.set_defaults(server_options=add_dataclass_arguments(serve, ServerConfig))
+
     generate = commands.add_parser("generate", help="generate completions for prompts, offline")
-    generate.add_argument("--model", required=True, help="a local Hugging Face model directory")
+    generate.add_argument("--model", help="a local Hugging Face model directory (default: the embedded model)")
     generate.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
-    generate.add_argument("--device", default="auto")
-    engine_options = []
-    for config_class in (ModelConfig, CacheConfig, SchedulerConfig):
-        engine_options += add_dataclass_arguments(generate, config_class, skip={"model"})
-    sampling_options = add_dataclass_arguments(generate, SamplingParams)
-    generate.set_defaults(engine_options=engine_options, sampling_options=sampling_options)
+    _add_engine_arguments(generate)
+    generate.set_defaults(sampling_options=add_dataclass_arguments(generate, SamplingParams))
     return parser
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    options = []
+    for config_class in (ModelConfig, CacheConfig, SchedulerConfig):
+        options += add_dataclass_arguments(parser, config_class, skip={"model"})
+    parser.set_defaults(engine_options=options)
+
+
+def _engine_options(args: argparse.Namespace) -> tuple[str, dict]:
+    """The model directory (the embedded model when none is given) and the engine options set."""
+    from lmserve.models.default import DEFAULT_MODEL_DIR
+
+    return args.model or DEFAULT_MODEL_DIR, {"device": args.device, **pick(args, args.engine_options)}
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from lmserve.server.serve import run_server
+
+    model, options = _engine_options(args)
+    run_server(EngineConfig.from_options(model, **options), ServerConfig(**pick(args, args.server_options)))
 
 
 def run_generate(args: argparse.Namespace) -> None:
     from lmserve.entrypoints.llm import LLM
 
-    llm = LLM(args.model, device=args.device, **pick(args, args.engine_options))
+    model, options = _engine_options(args)
+    llm = LLM(model, **options)
     params = SamplingParams(**pick(args, args.sampling_options))
     for output in llm.generate(args.prompt, params, use_tqdm=False):
         for completion in output.outputs:
@@ -40,8 +65,7 @@ def run_generate(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "generate":
-            run_generate(args)
+        {"serve": run_serve, "generate": run_generate}[args.command](args)
     except LmserveError as error:
         print(f"lmserve: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,9 @@ class InputProcessor:
         max_tokens = max_model_len - len(token_ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
-        # Without prefix caching, a request's samples still share its prompt's blocks, and nothing else.
-        cache_salt = None if self.config.cache.enable_prefix_caching else request_id
+        # Without prefix caching, a request's samples still share its prompt's blocks, and nothing else
+        # (not even a later request that reuses the id).
+        cache_salt = None if self.config.cache.enable_prefix_caching else f"{request_id}/{uuid.uuid4().hex}"
         core_requests = [
             EngineCoreRequest(
                 request_id=child_id,

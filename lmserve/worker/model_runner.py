@@ -46,7 +46,7 @@ class ModelRunner:
             model_config.torch_dtype,
             self.device,
             model_config.load_format,
-            model_config.seed,
+            model_config.load_seed,
         )
         self.backend = backend or TorchAttentionBackend()
         self.sampler = Sampler()
