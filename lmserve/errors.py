@@ -35,3 +35,7 @@ class ServerOverloadedError(LmserveError):
 
 class RequestTimeoutError(LmserveError):
     """A request ran past its deadline and was aborted."""
+
+
+class ModelNotFoundError(InvalidRequestError):
+    """The request names a model this server does not serve."""

@@ -12,7 +12,7 @@ from lmserve.engine.core_client import EngineCoreClient
 from lmserve.engine.frontend import Frontend
 from lmserve.engine.messages import EngineCoreOutput
 from lmserve.engine.scheduler_stats import SchedulerStats
-from lmserve.errors import EngineDeadError
+from lmserve.errors import EngineDeadError, RequestTimeoutError
 from lmserve.inputs.processor import Prompt
 from lmserve.outputs import RequestOutput
 from lmserve.sampling_params import SamplingParams
@@ -65,11 +65,17 @@ class AsyncEngine:
         self._output_task = asyncio.create_task(self._receive_outputs(), name="lmserve-outputs")
 
     async def generate(
-        self, prompt: Prompt, params: SamplingParams, request_id: str, priority: int = 0
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        request_id: str,
+        priority: int = 0,
+        timeout: float | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs (as its params' output_kind says) until it finishes.
 
-        Invalid input raises InvalidRequestError before anything is queued.
+        Invalid input raises InvalidRequestError before anything is queued; a request still running
+        `timeout` seconds after it started is aborted with RequestTimeoutError.
         """
         if self.dead_error is not None:
             raise self.dead_error
@@ -77,10 +83,11 @@ class AsyncEngine:
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = queue
         self.client.add_requests(core_requests)
+        deadline = None if timeout is None else time.monotonic() + timeout
         finished = False
         try:
             while not finished:
-                item = await queue.get()
+                item = await self._next(queue, deadline)
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
@@ -89,6 +96,15 @@ class AsyncEngine:
             self._queues.pop(request_id, None)
             if not finished:
                 self.abort(request_id)
+
+    @staticmethod
+    async def _next(queue: asyncio.Queue, deadline: float | None) -> RequestOutput | BaseException:
+        if deadline is None:
+            return await queue.get()
+        try:
+            return await asyncio.wait_for(queue.get(), max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise RequestTimeoutError("the request ran past its timeout and was aborted") from None
 
     def abort(self, request_id: str) -> None:
         """Stop a request wherever it is; safe to call for unknown or finished requests."""
