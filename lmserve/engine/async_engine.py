@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -16,6 +17,8 @@ from lmserve.errors import EngineDeadError, RequestTimeoutError
 from lmserve.inputs.processor import Prompt
 from lmserve.outputs import RequestOutput
 from lmserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 class StepObserver(Protocol):
@@ -63,6 +66,7 @@ class AsyncEngine:
         await self.client.start()
         self.client.watch_death(self._on_engine_death)
         self._output_task = asyncio.create_task(self._receive_outputs(), name="lmserve-outputs")
+        self._output_task.add_done_callback(self._on_output_task_done)
 
     async def generate(
         self,
@@ -82,7 +86,12 @@ class AsyncEngine:
         core_requests = self.frontend.add_request(request_id, prompt, params, priority)
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = queue
-        self.client.add_requests(core_requests)
+        try:
+            self.client.add_requests(core_requests)
+        except EngineDeadError:
+            self._queues.pop(request_id)
+            self.frontend.abort_request(request_id)
+            raise
         deadline = None if timeout is None else time.monotonic() + timeout
         finished = False
         try:
@@ -107,8 +116,13 @@ class AsyncEngine:
             raise RequestTimeoutError("the request ran past its timeout and was aborted") from None
 
     def abort(self, request_id: str) -> None:
-        """Stop a request wherever it is; safe to call for unknown or finished requests."""
-        self.client.abort_requests(self.frontend.abort_request(request_id))
+        """Stop a request wherever it is; safe to call for unknown or finished requests, or a dead engine."""
+        child_ids = self.frontend.abort_request(request_id)
+        if self.dead_error is None:
+            try:
+                self.client.abort_requests(child_ids)
+            except EngineDeadError:
+                pass  # the engine is gone, and its requests with it
 
     def shutdown(self) -> None:
         if self._output_task is not None:
@@ -131,11 +145,20 @@ class AsyncEngine:
                 if queue is not None:
                     queue.put_nowait(output)
 
+    def _on_output_task_done(self, task: asyncio.Task) -> None:
+        """Without its output loop the engine can serve nothing: treat a crash there like a dead engine."""
+        if not task.cancelled() and task.exception() is not None and self.dead_error is None:
+            logger.error("the output loop failed", exc_info=task.exception())
+            self._fail_all(EngineDeadError(f"the engine's output loop failed: {task.exception()!r}"))
+
     def _on_engine_death(self) -> None:
         """Fail every in-flight request at once; later requests fail fast with the same error."""
         self.client.process.join(timeout=1.0)  # reap it, so its exit code is known
-        self.dead_error = EngineDeadError(f"the engine core process died (exit code {self.client.process.exitcode})")
-        for queue in self._queues.values():
-            queue.put_nowait(self.dead_error)
+        self._fail_all(EngineDeadError(f"the engine core process died (exit code {self.client.process.exitcode})"))
         if self._output_task is not None:
             self._output_task.cancel()
+
+    def _fail_all(self, error: EngineDeadError) -> None:
+        self.dead_error = error
+        for queue in self._queues.values():
+            queue.put_nowait(error)

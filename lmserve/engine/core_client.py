@@ -21,8 +21,8 @@ from lmserve.errors import EngineDeadError
 class EngineCoreClient:
     """Owns the engine core process and the two ZeroMQ sockets to it (IPC, on this machine only).
 
-    Sends are synchronous and never block (PUSH queues them), so aborting works from any context,
-    including a `finally` while a request is being cancelled.
+    Sends are synchronous and never block (PUSH queues them; a dead peer raises EngineDeadError), so
+    aborting works from any context, including a `finally` while a request is being cancelled.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -32,6 +32,7 @@ class EngineCoreClient:
         self.output_address = f"ipc://{base}-output"
         self._sync_context = zmq.Context()
         self._input_socket = self._sync_context.socket(zmq.PUSH)
+        self._input_socket.setsockopt(zmq.SNDHWM, 0)  # never refuse for a full queue: only for a dead peer
         self._input_socket.bind(self.input_address)
         self._async_context = zmq.asyncio.Context()
         self._output_socket = self._async_context.socket(zmq.PULL)
@@ -62,11 +63,18 @@ class EngineCoreClient:
 
     def add_requests(self, requests: list[EngineCoreRequest]) -> None:
         for request in requests:
-            self._input_socket.send_multipart([ADD, self._encoder.encode(request)])
+            self._send(ADD, self._encoder.encode(request))
 
     def abort_requests(self, request_ids: list[str]) -> None:
         if request_ids:
-            self._input_socket.send_multipart([ABORT, self._encoder.encode(request_ids)])
+            self._send(ABORT, self._encoder.encode(request_ids))
+
+    def _send(self, kind: bytes, payload: bytes) -> None:
+        """Send without ever blocking the event loop: a PUSH socket blocks only when its peer is gone."""
+        try:
+            self._input_socket.send_multipart([kind, payload], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise EngineDeadError("the engine core process is not receiving") from None
 
     async def get_outputs(self) -> EngineCoreOutputs:
         kind, payload = await self._output_socket.recv_multipart()
@@ -90,7 +98,10 @@ class EngineCoreClient:
     def shutdown(self, timeout: float = 5.0) -> None:
         """Ask the process to stop, then make sure it has; close the sockets."""
         if self.process.is_alive():
-            self._input_socket.send_multipart([SHUTDOWN, b""])
+            try:
+                self._send(SHUTDOWN, b"")
+            except EngineDeadError:
+                pass
             self.process.join(timeout)
             if self.process.is_alive():
                 self.process.kill()
