@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from lmserve.engine.llm_engine import LLMEngine
 from lmserve.errors import InvalidRequestError
+from lmserve.inputs.chat import render_chat
 from lmserve.inputs.processor import Prompt
 from lmserve.outputs import RequestOutput
 from lmserve.sampling_params import RequestOutputKind, SamplingParams
@@ -71,17 +72,8 @@ class LLM:
         if tokenizer is None:
             raise InvalidRequestError("chat needs a tokenizer, and this LLM was started without one")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = []
-        for conversation in conversations:
-            try:
-                text = tokenizer.apply_chat_template(
-                    conversation, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
-                    tokenize=False,
-                )
-            except ValueError as error:  # e.g. the tokenizer has no chat template
-                raise InvalidRequestError(f"cannot apply the chat template: {error}") from error
-            # The template writes the special tokens itself.
-            prompts.append(tokenizer.encode(text, add_special_tokens=False))
+        texts = [render_chat(tokenizer, c, add_generation_prompt, chat_template) for c in conversations]
+        prompts = [tokenizer.encode(text, add_special_tokens=False) for text in texts]  # the template wrote them
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

@@ -57,11 +57,17 @@ def error_body(status: HTTPStatus, message: str) -> dict:
     return {"error": {"message": message, "type": error_type, "param": None, "code": int(status)}}
 
 
-def error_response(error: Exception) -> JSONResponse:
+def error_payload(error: Exception) -> tuple[HTTPStatus, dict]:
+    """The status and body for an error; unexpected errors do not leak their text."""
     status = status_of(error)
     message = str(error) if status < 500 or isinstance(error, LmserveError) else "internal server error"
+    return status, error_body(status, message)
+
+
+def error_response(error: Exception) -> JSONResponse:
+    status, body = error_payload(error)
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == HTTPStatus.TOO_MANY_REQUESTS else None
-    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -15,11 +15,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmserve.errors import InvalidRequestError, LmserveError
+from lmserve.errors import InvalidRequestError
 from lmserve.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from lmserve.sampling_params import RequestOutputKind, SamplingParams
-from lmserve.server.errors import status_of
-from lmserve.server.openai_api import (
+from lmserve.server.errors import error_payload
+from lmserve.server.openai_protocol import MAX_LOGPROBS, MAX_STOP_STRINGS
+from lmserve.server.state import ServerState, new_request_id, server_state
+from lmserve.server.streams import (
     CLIENT_CLOSED_REQUEST,
     ClientDisconnected,
     event_stream,
@@ -28,8 +30,6 @@ from lmserve.server.openai_api import (
     merge_outputs,
     until_disconnected,
 )
-from lmserve.server.openai_protocol import MAX_LOGPROBS, MAX_STOP_STRINGS
-from lmserve.server.state import ServerState, new_request_id, server_state
 
 router = APIRouter()
 
@@ -268,10 +268,9 @@ def _prefix(body: GenerateRequest) -> str:
 
 def _error_event(error: Exception) -> dict[str, Any]:
     """TGI's error shape: {"error": message, "error_type": kind}."""
-    status = status_of(error)
-    message = str(error) if isinstance(error, LmserveError) else "internal server error"
+    status, body = error_payload(error)
     kinds = {400: "validation", 429: "overloaded", 408: "timeout"}
-    return {"error": message, "error_type": kinds.get(int(status), "generation")}
+    return {"error": body["error"]["message"], "error_type": kinds.get(int(status), "generation")}
 
 
 def _version() -> str:
