@@ -1,0 +1,140 @@
+"""Offline throughput on a workload of ../shared/WORKLOADS.md, optionally beside a Hugging Face peer.
+
+    python benchmarks/throughput.py --config A                       # lmserve alone
+    python benchmarks/throughput.py --config A --peer hf-cb          # and HF continuous batching, same run
+    python benchmarks/throughput.py --config my.json --num-prompts 64 --input-len 32 128 --output-len 32 64
+
+Weights are random (dummy) and EOS is ignored, so every engine does the same work. Prints a table and
+writes JSON (output tok/s, total tok/s, elapsed, fraction of the physical floor, device, commit, command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.workloads import (
+    Request,
+    environment,
+    floor_seconds,
+    load_config,
+    make_requests,
+    measure_copy_bandwidth,
+    write_model_dir,
+)
+
+
+def run_lmserve(model_dir: str, requests: list[Request], engine_options: dict) -> float:
+    from lmserve import LLM, SamplingParams
+
+    llm = LLM(model_dir, load_format="dummy", skip_tokenizer_init=True, **engine_options)
+    warmup = [SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)] * 8
+    llm.generate([r.prompt_token_ids for r in requests[:8]], warmup, use_tqdm=False)
+    params = [SamplingParams(temperature=0.0, max_tokens=r.output_len, ignore_eos=True) for r in requests]
+    _synchronize()
+    start = time.perf_counter()
+    llm.generate([r.prompt_token_ids for r in requests], params, use_tqdm=False)
+    _synchronize()
+    return time.perf_counter() - start
+
+
+def run_hf(model_dir: str, requests: list[Request], mode: str, batch_size: int) -> float:
+    """Hugging Face transformers: continuous batching (`generate_batch`, paged|sdpa) or static `generate`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    attention = "paged|sdpa" if mode == "hf-cb" else "sdpa"
+    config = AutoConfig.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attention)
+    model = model.to(device).eval()
+    _synchronize()
+    start = time.perf_counter()
+    if mode == "hf-cb":
+        # generate_batch takes one max_new_tokens: group requests by their output length.
+        by_length: dict[int, list[list[int]]] = {}
+        for r in requests:
+            by_length.setdefault(r.output_len, []).append(r.prompt_token_ids)
+        for length, prompts in by_length.items():
+            generation = GenerationConfig(max_new_tokens=length, do_sample=False, eos_token_id=-1, pad_token_id=0)
+            model.generate_batch(inputs=prompts, generation_config=generation, progress_bar=False)
+    else:
+        for index in range(0, len(requests), batch_size):
+            batch = requests[index : index + batch_size]
+            width = max(len(r.prompt_token_ids) for r in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, r in enumerate(batch):  # left padding
+                ids[row, width - len(r.prompt_token_ids) :] = torch.tensor(r.prompt_token_ids)
+                mask[row, width - len(r.prompt_token_ids) :] = 1
+            model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                max_new_tokens=max(r.output_len for r in batch), min_new_tokens=max(r.output_len for r in batch),
+                pad_token_id=0,
+            )
+    _synchronize()
+    return time.perf_counter() - start
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="A", help="preset A or B, or a JSON file with a Hugging Face config")
+    parser.add_argument("--num-prompts", type=int, default=256)
+    parser.add_argument("--input-len", type=int, nargs=2, default=(100, 1024), metavar=("MIN", "MAX"))
+    parser.add_argument("--output-len", type=int, nargs=2, default=(100, 1024), metavar=("MIN", "MAX"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peer", choices=["hf-cb", "hf-static"], action="append", default=[])
+    parser.add_argument("--hf-batch-size", type=int, default=64)
+    parser.add_argument("--engine-options", type=json.loads, default={}, help='JSON, e.g. {"max_num_seqs": 256}')
+    parser.add_argument("--out", help="JSON results path (default: benchmarks/results/throughput-<config>.json)")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    model_dir = write_model_dir(config)
+    requests = make_requests(args.num_prompts, tuple(args.input_len), tuple(args.output_len), args.seed)
+    num_output = sum(r.output_len for r in requests)
+    num_total = num_output + sum(len(r.prompt_token_ids) for r in requests)
+    bandwidth = measure_copy_bandwidth()
+    floor = floor_seconds(config, requests, bandwidth)
+    engine_options = {"dtype": "bfloat16", "max_model_len": 4096, **args.engine_options}
+
+    results = {"lmserve": run_lmserve(model_dir, requests, engine_options)}
+    for peer in args.peer:
+        results[peer] = run_hf(model_dir, requests, peer, args.hf_batch_size)
+
+    report = {
+        **environment(),
+        "workload": {"config": args.config, "num_prompts": args.num_prompts, "input_len": args.input_len,
+                     "output_len": args.output_len, "seed": args.seed, "output_tokens": num_output},
+        "engine_options": engine_options,
+        "bandwidth_bytes_per_s": bandwidth,
+        "floor_seconds": floor,
+        "floor_output_tokens_per_s": num_output / floor,
+        "engines": {
+            name: {"elapsed_s": elapsed, "output_tokens_per_s": num_output / elapsed,
+                   "total_tokens_per_s": num_total / elapsed, "fraction_of_floor": floor / elapsed}
+            for name, elapsed in results.items()
+        },
+    }
+    for peer in args.peer:
+        report["engines"][peer]["lmserve_speedup"] = results[peer] / results["lmserve"]
+    out = Path(args.out or f"benchmarks/results/throughput-{Path(args.config).stem}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'engine':<10} {'elapsed s':>10} {'out tok/s':>10} {'total tok/s':>12} {'of floor':>9}")
+    for name, figures in report["engines"].items():
+        print(f"{name:<10} {figures['elapsed_s']:>10.2f} {figures['output_tokens_per_s']:>10.0f} "
+              f"{figures['total_tokens_per_s']:>12.0f} {figures['fraction_of_floor']:>9.1%}")
+    print(f"floor: {floor:.2f} s ({num_output / floor:.0f} output tok/s at {bandwidth / 1e12:.2f} TB/s); wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
