@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from tests.kernels.triton_setup import use_interpreter_without_gpu
 from tests.tiny_models import TinyModelCache
 from tests.tiny_tokenizer import make_tokenizer
+
+# Before anything imports lmserve.kernels: without a GPU, Triton kernels run in its interpreter.
+use_interpreter_without_gpu()
 
 
 @pytest.fixture(scope="session")

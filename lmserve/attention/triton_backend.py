@@ -1,0 +1,38 @@
+"""The GPU attention backend: Triton kernels for the cache write and the paged attention."""
+
+from __future__ import annotations
+
+import torch
+
+from lmserve.attention.backend import AttentionMetadata
+from lmserve.kernels import paged_attention, write_kv_cache
+
+
+class TritonAttentionBackend:
+    """Same contract and results as `TorchAttentionBackend`, without gathering the context into copies.
+
+    Two launches per layer and no host synchronisation (the metadata's ints are already on the host),
+    so a step can be captured in a CUDA graph; padding tokens with slot -1 are not written.
+    """
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+    ) -> torch.Tensor:
+        write_kv_cache(key, value, kv_cache, metadata.slot_mapping)
+        return paged_attention(
+            query,
+            kv_cache,
+            metadata.block_tables,
+            metadata.seq_lens,
+            metadata.query_start_loc,
+            metadata.max_query_len,
+            scale,
+            sliding_window,
+        )

@@ -1,0 +1,10 @@
+"""Triton kernels for the GPU path, each beside a plain torch reference that the tests compare it with.
+
+Import this package only where Triton is installed. To run the kernels on a CPU (tests, CI), set
+`TRITON_INTERPRET=1` before the first import: Triton decides at decoration time whether to interpret.
+"""
+
+from lmserve.kernels.kv_cache import reference_write_kv_cache, write_kv_cache
+from lmserve.kernels.paged_attention import paged_attention, reference_paged_attention
+
+__all__ = ["paged_attention", "reference_paged_attention", "reference_write_kv_cache", "write_kv_cache"]

@@ -1,0 +1,289 @@
+"""Attention over the paged KV cache for a flattened batch that mixes prefill chunks and decode tokens.
+
+One kernel serves every request shape. A program owns one tile of a request's queries for one kv head:
+`BLOCK_Q` consecutive query tokens times all query heads that share that kv head (GQA), flattened into
+`BLOCK_M` rows. So each key/value tile is loaded once per kv head group and used for every query head of
+the group, and a long prefill chunk is spread over many programs. It walks the request's keys through its
+block table `BLOCK_N` at a time (a tile may span several cache blocks) with an online softmax in fp32.
+
+Decode tokens (query length 1) get tiles of one token: the rows are the group's heads, padded to 16 rows
+for the tensor-core MMA. The keys of one long decode are still read by a single program per kv head, so
+at a small batch with long contexts the GPU is underused; splitting the keys over programs and merging
+the partial softmaxes (flash-decoding) is the planned fix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from lmserve.kernels.kv_cache import check_kv_cache_layout
+
+
+@triton.jit
+def _find_request(query_start_loc_ptr, num_requests, tile, BLOCK_Q: tl.constexpr):
+    """The request that owns query tile `tile` of the flat batch.
+
+    Request i owns tiles [tile_start(i), tile_start(i) + ceil(query_len_i / BLOCK_Q)), with
+    tile_start(i) = query_start_loc[i] // BLOCK_Q + i: the "+ i" leaves room for each request's partial
+    last tile, so requests never share a tile (one-token tiles need no room). Binary search for the last
+    request whose first tile is at or before `tile` (tile_start(0) = 0).
+    """
+    low = 0
+    high = num_requests - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        mid_start = tl.load(query_start_loc_ptr + mid).to(tl.int32) // BLOCK_Q
+        if BLOCK_Q > 1:
+            mid_start += mid
+        if mid_start <= tile:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+@triton.jit
+def _paged_attention_kernel(
+    query_ptr,
+    cache_ptr,
+    out_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    query_start_loc_ptr,
+    num_requests,
+    qk_scale,  # softmax scale times log2(e): the kernel uses exp2
+    sliding_window,
+    stride_query_token,
+    stride_query_head,
+    stride_out_token,
+    stride_out_head,
+    stride_block_tables,
+    stride_cache_kv,
+    stride_cache_block,
+    stride_cache_slot,
+    stride_cache_head,
+    BLOCK_SIZE: tl.constexpr,  # cache slots per block: fixed per engine, so divisions compile to shifts
+    GROUP: tl.constexpr,  # query heads per kv head
+    GROUP_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr,  # query tokens per tile
+    BLOCK_M: tl.constexpr,  # rows per tile: BLOCK_Q * GROUP_PAD, at least 16 for the tensor-core MMA
+    BLOCK_N: tl.constexpr,  # keys per iteration
+    HEAD_DIM: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    FP32_DOT: tl.constexpr,  # float32 inputs: exact products ("ieee") instead of TF32
+    DECODE_ONLY: tl.constexpr,  # every request has exactly one query token
+):
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+
+    if DECODE_ONLY:
+        request = tile  # one query token per request, one tile per token
+    else:
+        request = _find_request(query_start_loc_ptr, num_requests, tile, BLOCK_Q)
+
+    query_start = tl.load(query_start_loc_ptr + request).to(tl.int32)
+    query_len = tl.load(query_start_loc_ptr + request + 1).to(tl.int32) - query_start
+    tile_in_request = tile - query_start // BLOCK_Q
+    if BLOCK_Q > 1:
+        tile_in_request -= request
+    if tile_in_request * BLOCK_Q >= query_len:
+        return  # a spare tile past the request's last query
+    seq_len = tl.load(seq_lens_ptr + request).to(tl.int32)
+    context_len = seq_len - query_len  # tokens before this step's queries
+
+    # Row r is query token r // GROUP_PAD of the tile, for query head r % GROUP_PAD of the group.
+    rows = tl.arange(0, BLOCK_M)
+    token_in_tile = rows // GROUP_PAD
+    head_in_group = rows % GROUP_PAD
+    query_index = tile_in_request * BLOCK_Q + token_in_tile
+    row_valid = (token_in_tile < BLOCK_Q) & (query_index < query_len) & (head_in_group < GROUP)
+    query_pos = context_len + query_index
+    token = (query_start + query_index).to(tl.int64)
+    head = kv_head * GROUP + head_in_group
+    dims = tl.arange(0, HEAD_DIM)
+
+    query_offsets = token * stride_query_token + head * stride_query_head
+    query = tl.load(query_ptr + query_offsets[:, None] + dims[None, :], mask=row_valid[:, None], other=0.0)
+
+    # Keys this tile can see: up to its last query's position, and (with a window) from
+    # `window - 1` before its first query's position, rounded down to a whole tile of keys.
+    first_pos = context_len + tile_in_request * BLOCK_Q
+    key_end = tl.minimum(first_pos + BLOCK_Q, seq_len)
+    key_start = 0
+    if HAS_WINDOW:
+        key_start = tl.maximum(first_pos - sliding_window + 1, 0) // BLOCK_N * BLOCK_N
+
+    row_max = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: a fully masked tile then adds zeros
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    block_table = block_tables_ptr + request.to(tl.int64) * stride_block_tables
+    cache_head = cache_ptr + kv_head.to(tl.int64) * stride_cache_head
+    for key_tile_start in range(key_start, key_end, BLOCK_N):
+        key_pos = key_tile_start + tl.arange(0, BLOCK_N)
+        key_valid = key_pos < key_end
+        block = tl.load(block_table + key_pos // BLOCK_SIZE, mask=key_valid, other=0)
+        slot_offsets = block * stride_cache_block + (key_pos % BLOCK_SIZE) * stride_cache_slot
+        # Load [keys, head_dim] (contiguous rows, so vectorised) and transpose in registers.
+        keys = tl.load(cache_head + slot_offsets[:, None] + dims[None, :], mask=key_valid[:, None], other=0.0)
+        if FP32_DOT:
+            scores = tl.dot(query, tl.trans(keys), input_precision="ieee")
+        else:
+            scores = tl.dot(query, tl.trans(keys))
+        scores *= qk_scale
+
+        visible = key_pos[None, :] <= query_pos[:, None]  # causal; also keeps keys below key_end
+        if HAS_WINDOW:
+            visible &= key_pos[None, :] > query_pos[:, None] - sliding_window
+        scores = tl.where(visible, scores, float("-inf"))
+
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+        probs = tl.exp2(scores - new_max[:, None])
+        correction = tl.exp2(row_max - new_max)
+        row_sum = row_sum * correction + tl.sum(probs, axis=1)
+        row_max = new_max
+
+        values = tl.load(
+            cache_head + stride_cache_kv + slot_offsets[:, None] + dims[None, :], mask=key_valid[:, None], other=0.0
+        )
+        acc *= correction[:, None]
+        if FP32_DOT:
+            acc += tl.dot(probs, values, input_precision="ieee")
+        else:
+            acc += tl.dot(probs.to(values.dtype), values)
+
+    row_sum = tl.where(row_sum == 0.0, 1.0, row_sum)  # only padding rows see no key
+    out = acc / row_sum[:, None]
+    out_offsets = token * stride_out_token + head * stride_out_head
+    tl.store(out_ptr + out_offsets[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
+
+
+def paged_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    max_query_len: int,
+    scale: float,
+    sliding_window: int | None = None,
+    out: torch.Tensor | None = None,
+    *,
+    block_q: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of each request's new queries over its whole context in the paged cache.
+
+    query: [num_tokens, num_heads, head_dim]; request i's queries are rows
+    `query_start_loc[i]:query_start_loc[i + 1]`, the last tokens of its `seq_lens[i]`-long context, whose
+    keys and values (this step's included) are already in `kv_cache`
+    ([2, num_blocks, block_size, num_kv_heads, head_dim]) at the blocks `block_tables[i]` lists.
+    A query at position p sees keys at positions <= p, and > p - sliding_window when one is given.
+    `max_query_len` is a host-side int (no device sync); 1 selects the decode tile shape.
+    `block_q` (query tokens per tile) and `block_n` (keys per iteration, a power of two >= 16) override
+    the tile shape; tests use them to reach several tiles with tiny inputs. Returns `out` if given.
+    """
+    num_tokens, num_heads, head_dim = query.shape
+    num_kv_heads = kv_cache.shape[3]
+    check_kv_cache_layout(kv_cache, num_kv_heads, head_dim)
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    if query.stride(2) != 1:
+        raise ValueError("query must be contiguous in head_dim")
+    if query.dtype != kv_cache.dtype:
+        raise ValueError(f"query dtype {query.dtype} differs from the cache's {kv_cache.dtype}")
+    if out is None:
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    elif out.shape != query.shape or out.stride(2) != 1:
+        raise ValueError("out must have the query's shape and be contiguous in head_dim")
+    num_requests = seq_lens.shape[0]
+    if num_tokens == 0 or num_requests == 0:
+        return out
+
+    group = num_heads // num_kv_heads
+    group_pad = triton.next_power_of_2(group)
+    # Untuned starting points, chosen so ptxas reports no register spills on sm_90 at head_dim 128:
+    # 64-row tiles for 16-bit inputs; float32 (no TF32) has no tensor-core path and needs smaller tiles.
+    is_fp32 = query.dtype == torch.float32
+    target_rows = 16 if is_fp32 else 64
+    if block_q is None:
+        block_q = 1 if max_query_len == 1 else max(1, target_rows // group_pad)
+    if block_n is None:
+        block_n = 32 if is_fp32 else 64
+    if block_q < 1 or block_q & (block_q - 1):
+        raise ValueError(f"block_q must be a power of two, got {block_q}")
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
+    block_m = max(16, block_q * group_pad)
+    # Each request has at most query_len // block_q + 1 tiles (see _find_request); the spare ones exit at once.
+    num_tiles = num_tokens // block_q + (num_requests if block_q > 1 else 0)
+
+    _paged_attention_kernel[(num_tiles, num_kv_heads)](
+        query,
+        kv_cache,
+        out,
+        block_tables,
+        seq_lens,
+        query_start_loc,
+        num_requests,
+        scale * math.log2(math.e),
+        sliding_window or 0,
+        query.stride(0),
+        query.stride(1),
+        out.stride(0),
+        out.stride(1),
+        block_tables.stride(0),
+        kv_cache.stride(0),
+        kv_cache.stride(1),
+        kv_cache.stride(2),
+        kv_cache.stride(3),
+        BLOCK_SIZE=kv_cache.shape[2],
+        GROUP=group,
+        GROUP_PAD=group_pad,
+        BLOCK_Q=block_q,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        HEAD_DIM=head_dim,
+        HAS_WINDOW=sliding_window is not None,
+        FP32_DOT=is_fp32,
+        DECODE_ONLY=max_query_len == 1,
+        num_warps=8 if is_fp32 else 4,
+        num_stages=2,
+    )
+    return out
+
+
+def reference_paged_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """The torch reference of `paged_attention`: one request at a time, in float32, easy to check by eye."""
+    num_heads, num_kv_heads = query.shape[1], kv_cache.shape[3]
+    block_size = kv_cache.shape[2]
+    out = torch.empty_like(query)
+    for request in range(seq_lens.shape[0]):
+        start, end = int(query_start_loc[request]), int(query_start_loc[request + 1])
+        seq_len = int(seq_lens[request])
+        positions = torch.arange(seq_len, device=query.device)
+        blocks = block_tables[request, positions // block_size]
+        keys = kv_cache[0, blocks, positions % block_size].float()  # [seq_len, num_kv_heads, head_dim]
+        values = kv_cache[1, blocks, positions % block_size].float()
+        keys = keys.repeat_interleave(num_heads // num_kv_heads, dim=1)
+        values = values.repeat_interleave(num_heads // num_kv_heads, dim=1)
+
+        query_pos = seq_len - (end - start) + torch.arange(end - start, device=query.device)
+        visible = positions[None, :] <= query_pos[:, None]
+        if sliding_window is not None:
+            visible &= positions[None, :] > query_pos[:, None] - sliding_window
+        scores = torch.einsum("qhd,khd->hqk", query[start:end].float(), keys) * scale
+        probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        out[start:end] = torch.einsum("hqk,khd->qhd", probs, values).to(query.dtype)
+    return out

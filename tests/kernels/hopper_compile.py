@@ -1,0 +1,71 @@
+"""Compile every kernel variant for an H100 (sm_90) without a GPU: `python -m tests.kernels.hopper_compile`.
+
+Must run in a process where TRITON_INTERPRET is unset: under the interpreter even Triton's own library
+functions (tl.zeros, tl.maximum) are decorated for it and cannot be compiled.
+"""
+
+from __future__ import annotations
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from lmserve.kernels.kv_cache import _write_kv_cache_kernel
+from lmserve.kernels.paged_attention import _paged_attention_kernel
+
+HOPPER = GPUTarget("cuda", 90, 32)
+INDEX_POINTERS = {"block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "slot_mapping_ptr"}
+
+# (dtype, query heads per kv head, BLOCK_Q, BLOCK_N, sliding window, num_warps, decode only): what the
+# launcher picks for a bf16 prefill with GQA 4, a fp16 decode with GQA 8 and a window, a float32 MHA prefill.
+ATTENTION_VARIANTS = [
+    ("bf16", 4, 16, 64, False, 4, False),
+    ("fp16", 8, 1, 64, True, 4, True),
+    ("fp32", 1, 16, 32, True, 8, False),
+]
+# A launch turns int arguments equal to 1 into constants: one request (or one kv head), one block each.
+SINGLE_REQUEST = {"num_requests": 1, "stride_block_tables": 1}
+
+
+def compile_for_hopper(kernel, dtype: str, constants: dict, num_warps: int) -> None:
+    """Compile as a launch would: pointers and strides specialised as 16-byte aligned / multiples of 16."""
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*i64" if name in INDEX_POINTERS else f"*{dtype}"
+        else:
+            signature[name] = "fp32" if name == "qk_scale" else "i32"
+        if name.endswith("_ptr") or name.startswith("stride_"):
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(kernel, signature, constants, attrs)
+    compiled = triton.compile(source, target=HOPPER, options={"num_warps": num_warps, "num_stages": 2})
+    assert compiled.asm["cubin"], f"{kernel.__name__}: no cubin"
+
+
+def compile_all_variants() -> None:
+    for dtype, group, block_q, block_n, has_window, num_warps, decode_only in ATTENTION_VARIANTS:
+        group_pad = triton.next_power_of_2(group)
+        constants = {
+            "BLOCK_SIZE": 16,
+            "GROUP": group,
+            "GROUP_PAD": group_pad,
+            "BLOCK_Q": block_q,
+            "BLOCK_M": max(16, block_q * group_pad),
+            "BLOCK_N": block_n,
+            "HEAD_DIM": 128,
+            "HAS_WINDOW": has_window,
+            "FP32_DOT": dtype == "fp32",
+            "DECODE_ONLY": decode_only,
+        }
+        compile_for_hopper(_paged_attention_kernel, dtype, constants, num_warps)
+        if not decode_only:  # the request search is then a loop over constants
+            compile_for_hopper(_paged_attention_kernel, dtype, constants | SINGLE_REQUEST, num_warps)
+    compile_for_hopper(
+        _write_kv_cache_kernel, "bf16", {"BLOCK_SIZE": 16, "HEADS_PAD": 1, "HEAD_DIM": 128, "num_kv_heads": 1}, 4
+    )
+
+
+if __name__ == "__main__":
+    compile_all_variants()

@@ -1,0 +1,50 @@
+"""The Triton cache write stores exactly what the torch reference stores, and skips padding slots."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmserve.attention.backend import write_kv_cache as backend_write_kv_cache  # noqa: E402
+from lmserve.kernels.kv_cache import reference_write_kv_cache, write_kv_cache  # noqa: E402
+from tests.kernels.paged_batch import MIXED, make_batch  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("dtype", "block_size", "num_kv_heads"),
+    [(torch.float32, 16, 2), (torch.bfloat16, 32, 3), (torch.float16, 16, 1)],
+)
+def test_write_matches_reference(dtype: torch.dtype, block_size: int, num_kv_heads: int) -> None:
+    batch = make_batch(MIXED, num_kv_heads, num_kv_heads, 32, block_size, dtype)
+    expected = batch.kv_cache.clone()
+    backend_write_kv_cache(batch.key, batch.value, expected, batch.metadata.slot_mapping)
+
+    write_kv_cache(batch.key, batch.value, batch.kv_cache, batch.metadata.slot_mapping)
+
+    assert torch.equal(batch.kv_cache, expected)
+
+
+def test_padding_slots_are_skipped() -> None:
+    # Every other token is padding (slot -1): the cache keeps its old contents at those tokens' slots.
+    batch = make_batch(MIXED, 2, 2, 16, 16)
+    real_slots = batch.metadata.slot_mapping[1::2]
+    padding_slots = batch.metadata.slot_mapping[::2]
+    slot_mapping = batch.metadata.slot_mapping.clone()
+    slot_mapping[::2] = -1
+    before = batch.kv_cache.clone()
+
+    write_kv_cache(batch.key, batch.value, batch.kv_cache, slot_mapping)
+
+    slots = batch.kv_cache.flatten(1, 2)  # [2, num_slots, num_kv_heads, head_dim]
+    assert torch.equal(slots[:, padding_slots], before.flatten(1, 2)[:, padding_slots])
+    assert torch.equal(slots[0, real_slots], batch.key[1::2])
+    assert torch.equal(slots[1, real_slots], batch.value[1::2])
+    expected = before.clone()
+    reference_write_kv_cache(batch.key, batch.value, expected, slot_mapping)
+    assert torch.equal(batch.kv_cache, expected)
+
+
+def test_rejects_a_cache_of_another_layout() -> None:
+    batch = make_batch(MIXED, 2, 2, 16, 16)
+    with pytest.raises(ValueError, match="kv_cache must be"):
+        write_kv_cache(batch.key, batch.value, batch.kv_cache.transpose(3, 4), batch.metadata.slot_mapping)

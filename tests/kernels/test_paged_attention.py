@@ -1,0 +1,75 @@
+"""The Triton paged attention equals the torch reference on ragged mixed batches.
+
+Every case writes into a NaN-poisoned output buffer, so a row the kernel forgets fails the comparison.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmserve.kernels.kv_cache import reference_write_kv_cache  # noqa: E402
+from lmserve.kernels.paged_attention import paged_attention, reference_paged_attention  # noqa: E402
+from tests.kernels.paged_batch import DECODES, MIXED, PagedBatch, make_batch  # noqa: E402
+
+FP32_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+# The kernel rounds the softmax weights to the input dtype before multiplying by V; bfloat16 keeps 8 bits.
+HALF_TOLERANCE = {torch.float16: {"rtol": 1e-2, "atol": 1e-2}, torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2}}
+
+
+def attend(batch: PagedBatch, sliding_window: int | None, **tile_shape: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Store the step's keys and values, then return (kernel output, reference output)."""
+    metadata = batch.metadata
+    reference_write_kv_cache(batch.key, batch.value, batch.kv_cache, metadata.slot_mapping)
+    scale = batch.query.shape[2] ** -0.5
+    tables = (batch.kv_cache, metadata.block_tables, metadata.seq_lens, metadata.query_start_loc)
+    out = torch.full_like(batch.query, float("nan"))
+    paged_attention(batch.query, *tables, metadata.max_query_len, scale, sliding_window, out, **tile_shape)
+    return out, reference_paged_attention(batch.query, *tables, scale, sliding_window)
+
+
+@pytest.mark.parametrize("sliding_window", [None, 7])
+@pytest.mark.parametrize(
+    ("num_heads", "num_kv_heads", "block_size"), [(2, 2, 16), (4, 2, 32), (8, 2, 16)], ids=["mha", "gqa2", "gqa4"]
+)
+def test_mixed_batch(num_heads: int, num_kv_heads: int, block_size: int, sliding_window: int | None) -> None:
+    batch = make_batch(MIXED, num_heads, num_kv_heads, 16, block_size)
+    out, expected = attend(batch, sliding_window)
+    torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(dtype: torch.dtype) -> None:
+    batch = make_batch(MIXED, 4, 2, 32, 16, dtype)
+    out, expected = attend(batch, sliding_window=9)
+    torch.testing.assert_close(out, expected, **HALF_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(2, 2), (4, 1)])
+def test_decode_batch(num_heads: int, num_kv_heads: int) -> None:
+    # max_query_len 1 selects one-token tiles; the 70-token context takes several key tiles.
+    batch = make_batch(DECODES, num_heads, num_kv_heads, 16, 32)
+    out, expected = attend(batch, sliding_window=None)
+    torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize(("block_size", "block_q", "block_n"), [(32, 2, 16), (8, 1, 32)])
+def test_small_tiles(block_size: int, block_q: int, block_n: int) -> None:
+    # One or two query tokens per tile spread each prefill over many programs; a key tile smaller than a
+    # cache block, or spanning four of them, exercises the gather through the block table.
+    batch = make_batch(MIXED, 4, 2, 16, block_size)
+    out, expected = attend(batch, sliding_window=11, block_q=block_q, block_n=block_n)
+    torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("lengths", [[(0, 23)], [(40, 1)]], ids=["prefill", "decode"])
+def test_single_request(lengths: list[tuple[int, int]]) -> None:
+    batch = make_batch(lengths, 4, 2, 16, 16)
+    out, expected = attend(batch, sliding_window=None)
+    torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
+
+
+def test_rejects_heads_that_do_not_group() -> None:
+    batch = make_batch(MIXED, 3, 2, 16, 16)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        attend(batch, sliding_window=None)
