@@ -125,22 +125,36 @@ class SchedulerConfig:
 
 
 @dataclass
+class RunnerConfig:
+    """How the model runner executes a step."""
+
+    attention_backend: str = "auto"  # "torch" (reference), "triton" (GPU kernels); auto: triton on CUDA
+
+    def __post_init__(self) -> None:
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ConfigError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
+
+
+@dataclass
 class EngineConfig:
     """Everything the engine needs, grouped by concern."""
 
     model: ModelConfig
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
     device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.runner.attention_backend == "auto":
+            self.runner.attention_backend = "triton" if self.device.startswith("cuda") else "torch"
 
     @classmethod
     def from_options(cls, model: str, **options: Any) -> EngineConfig:
         """Build from flat keyword options (the `LLM(...)` and CLI style); unknown names are an error."""
-        groups = {ModelConfig: {}, CacheConfig: {}, SchedulerConfig: {}}
+        groups = {ModelConfig: {}, CacheConfig: {}, SchedulerConfig: {}, RunnerConfig: {}}
         device = options.pop("device", "auto")
         for name, value in options.items():
             owner = next((g for g in groups if name in {f.name for f in dataclasses.fields(g) if f.init}), None)
@@ -151,5 +165,6 @@ class EngineConfig:
             model=ModelConfig(model=model, **groups[ModelConfig]),
             cache=CacheConfig(**groups[CacheConfig]),
             scheduler=SchedulerConfig(**groups[SchedulerConfig]),
+            runner=RunnerConfig(**groups[RunnerConfig]),
             device=device,
         )

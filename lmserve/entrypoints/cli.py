@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmserve.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from lmserve.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
 from lmserve.entrypoints.cli_args import add_dataclass_arguments, pick
 from lmserve.errors import LmserveError
 from lmserve.sampling_params import SamplingParams
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto")
     options = []
-    for config_class in (ModelConfig, CacheConfig, SchedulerConfig):
+    for config_class in (ModelConfig, CacheConfig, SchedulerConfig, RunnerConfig):
         options += add_dataclass_arguments(parser, config_class, skip={"model"})
     parser.set_defaults(engine_options=options)
 

@@ -36,7 +36,7 @@ class ModelRunnerOutput:
 class ModelRunner:
     """Holds the model, its paged KV cache and the sampler; keeps each seeded request's generator."""
 
-    def __init__(self, config: EngineConfig, backend: AttentionBackend | None = None) -> None:
+    def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.device = torch.device(config.device)
         model_config = config.model
@@ -48,7 +48,7 @@ class ModelRunner:
             model_config.load_format,
             model_config.load_seed,
         )
-        self.backend = backend or TorchAttentionBackend()
+        self.backend = _attention_backend(config.runner.attention_backend)
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
         self.kv_caches: list[torch.Tensor] = []
@@ -165,3 +165,11 @@ class ModelRunner:
             generator = torch.Generator(device=self.device).manual_seed(seed)
             self.generators[request_id] = generator
         return generator
+
+
+def _attention_backend(name: str) -> AttentionBackend:
+    if name == "triton":
+        from lmserve.attention.triton_backend import TritonAttentionBackend  # needs triton: import on demand
+
+        return TritonAttentionBackend()
+    return TorchAttentionBackend()

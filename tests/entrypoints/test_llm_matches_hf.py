@@ -81,3 +81,12 @@ def test_greedy_matches_hf_with_and_without_prefix_caching(tiny_models, hf_greed
     uncached, uncached_stats = run_lmserve(model_dir, PREFIXED_PROMPTS, enable_prefix_caching=False)
     assert uncached == expected
     assert uncached_stats.prefix_cache_hits == 0
+
+
+@pytest.mark.parametrize("variant", ["qwen3", "mistral"])
+def test_greedy_matches_hf_with_the_triton_backend(tiny_models, hf_greedy, variant):
+    """The Triton kernels in the whole engine (natively on a GPU, in Triton's interpreter on the CPU)."""
+    model_dir = tiny_models.get(variant)
+    prompts = [PROMPTS[1], PROMPTS[4], PROMPTS[7]]  # decode, chunked prefill, past the sliding window
+    ours, _ = run_lmserve(model_dir, prompts, attention_backend="triton")
+    assert ours == [hf_greedy(model_dir, variant, p) for p in prompts]
