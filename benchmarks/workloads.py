@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -112,12 +113,15 @@ def measure_copy_bandwidth() -> float:
 
 def environment() -> dict:
     """Device, commit and the exact command, for the results file."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "lmserve"], capture_output=True, text=True).stdout
+    # The GPU machine gets the working tree without .git: pass LMSERVE_COMMIT=$(git rev-parse HEAD) there.
+    commit = os.environ.get("LMSERVE_COMMIT")
+    if commit is None:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+        commit = result.stdout.strip() if result.returncode == 0 else "unknown"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {
         "device": device,
-        "commit": commit + ("-dirty" if dirty.strip() else ""),
+        "commit": commit,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "torch": torch.__version__,
     }
