@@ -374,6 +374,7 @@ class CompletionChoices:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self._sent_chars: dict[int, int] = {}  # choice index -> characters of its text sent so far
+        self._next_offset: dict[int, int] = {}  # choice index -> text_offset of its next logprob token
         self._prompt_logprobs: dict[int, list[PositionLogprobs | None]] = {}  # prompt index -> so far
 
     def add(self, prompt_index: int, output: RequestOutput) -> list[dict[str, Any]]:
@@ -404,11 +405,14 @@ class CompletionChoices:
         has_news = text or sample.finish_reason or (self.wants_logprobs and token_ids)
         if self.streaming and not has_news:
             return None
-        offset = self._sent_chars.get(index, 0)
         logprobs = None
         if self.wants_logprobs:
+            # Offsets follow the tokens' own texts: a token ending inside a character has its logprob sent
+            # before the detokenizer releases that character's text.
+            offset = self._next_offset.get(index, 0)
             logprobs = completion_logprobs(token_ids, positions, self.decode, offset)
-        self._sent_chars[index] = offset + len(text)
+            self._next_offset[index] = offset + sum(len(token) for token in logprobs["tokens"])
+        self._sent_chars[index] = self._sent_chars.get(index, 0) + len(text)
         return completion_choice(index, text, logprobs, sample.finish_reason)
 
     def _prompt_text(self, output: RequestOutput) -> str:
