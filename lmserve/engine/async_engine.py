@@ -88,7 +88,7 @@ class AsyncEngine:
         self._queues[request_id] = queue
         try:
             self.client.add_requests(core_requests)
-        except EngineDeadError:
+        except BaseException:
             self._queues.pop(request_id)
             self.frontend.abort_request(request_id)
             raise

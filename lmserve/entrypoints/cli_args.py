@@ -24,7 +24,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: se
         elif kind in (int, float, str):
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS)
         elif kind is list:
-            parser.add_argument(flag, type=element, nargs="*", default=argparse.SUPPRESS)
+            parser.add_argument(flag, type=element, nargs="*", action="extend", default=argparse.SUPPRESS)
         elif kind is dict:
             parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, help="a JSON object")
         else:

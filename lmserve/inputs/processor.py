@@ -59,6 +59,8 @@ class InputProcessor:
     def process(
         self, request_id: str, prompt: Prompt, params: SamplingParams, arrival_time: float, priority: int = 0
     ) -> ProcessedPrompt:
+        if not -(2**63) <= priority < 2**63:
+            raise InvalidRequestError(f"priority must fit in 64 bits, got {priority}")
         prompt_text, token_ids = self._tokenize(prompt)
         self._validate(token_ids, params)
         max_model_len = self.config.model.max_model_len

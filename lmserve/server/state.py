@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from lmserve.engine.async_engine import AsyncEngine
 from lmserve.errors import InvalidRequestError, ModelNotFoundError, ServerOverloadedError
 from lmserve.inputs.processor import Prompt
 from lmserve.outputs import RequestOutput
-from lmserve.sampling_params import SamplingParams
+from lmserve.sampling_params import RequestOutputKind, SamplingParams
 from lmserve.server.config import ServerConfig
 from lmserve.server.logs import logger
 from lmserve.server.metrics import ServerMetrics
@@ -58,18 +59,38 @@ class ServerState:
         if len(self.in_flight) >= self.capacity:
             raise ServerOverloadedError(f"the server is at capacity ({self.capacity} requests in flight); retry later")
         if priority is None:
-            priority = _header_number(http_request, PRIORITY_HEADER, int) or 0
-        timeout = _header_number(http_request, TIMEOUT_HEADER, float) or self.config.request_timeout
+            priority = _header_int(http_request, PRIORITY_HEADER) or 0
+        timeout = _header_timeout(http_request)
+        if timeout is None:
+            timeout = self.config.request_timeout
         if self.config.log_requests:
             logger.info("request %s: prompt=%r params=%s", request_id, prompt, params)
         self.in_flight.add(request_id)
+        log = _OutputLog(params.output_kind) if self.config.log_requests else None
         try:
             async for output in self.engine.generate(prompt, params, request_id, priority, timeout):
-                if output.finished and self.config.log_requests:
-                    logger.info("request %s finished: %r", request_id, [c.text for c in output.outputs])
+                if log is not None and log.add(output):
+                    logger.info("request %s finished: %r", request_id, log.texts())
                 yield output
         finally:
             self.in_flight.discard(request_id)
+
+
+class _OutputLog:
+    """Each sample's whole text, also when the request streams deltas; for --log-requests."""
+
+    def __init__(self, kind: RequestOutputKind) -> None:
+        self.delta = kind == RequestOutputKind.DELTA
+        self._texts: dict[int, str] = {}
+
+    def add(self, output: RequestOutput) -> bool:
+        """Take an output; True once the request has finished."""
+        for sample in output.outputs:
+            self._texts[sample.index] = self._texts.get(sample.index, "") * self.delta + sample.text
+        return output.finished
+
+    def texts(self) -> list[str]:
+        return [self._texts[index] for index in sorted(self._texts)]
 
 
 def new_request_id(prefix: str) -> str:
@@ -77,14 +98,30 @@ def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _header_number(request: Request, name: str, kind: type[int] | type[float]) -> int | float | None:
+def _header_int(request: Request, name: str) -> int | None:
     value = request.headers.get(name)
     if value is None:
         return None
     try:
-        return kind(value)
+        number = int(value)
     except ValueError:
-        raise InvalidRequestError(f"header {name} must be a number, got {value!r}") from None
+        number = None
+    if number is None or not -(2**63) <= number < 2**63:
+        raise InvalidRequestError(f"header {name} must be a 64-bit integer, got {value!r}")
+    return number
+
+
+def _header_timeout(request: Request) -> float | None:
+    value = request.headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return None
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = math.nan
+    if not 0 < timeout < math.inf:
+        raise InvalidRequestError(f"header {TIMEOUT_HEADER} must be a positive number of seconds, got {value!r}")
+    return timeout
 
 
 def server_state(request: Request) -> ServerState:

@@ -1,0 +1,208 @@
+"""Admission control on a server with room for 4 requests (1 running + 3 waiting): refusals past capacity,
+priorities, per-request timeouts, and clients that leave; none of it may strand a KV cache block.
+
+Some stories pause the engine core process (SIGSTOP) so that requests stay in flight for as long as the
+story needs, whatever the speed of the machine; the HTTP server keeps answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.server.server_process import ServerProcess
+
+MAX_NUM_SEQS, MAX_WAITING = 1, 3
+CAPACITY = MAX_NUM_SEQS + MAX_WAITING
+LONG = 480  # tokens: near the tiny model's 512 positions, so that a request runs for a while
+
+
+@pytest.fixture(scope="module")
+def small_server(text_model_dir: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        text_model_dir,
+        *("--dtype", "float32", "--served-model-name", "tiny"),
+        *("--max-num-seqs", str(MAX_NUM_SEQS), "--max-waiting-requests", str(MAX_WAITING)),
+    )
+    yield process
+    process.stop()
+
+
+def completion(prompt: str, max_tokens: int, **fields) -> dict:
+    return {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, **fields}
+
+
+def post(server: ServerProcess, body: dict, headers: dict | None = None, timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=timeout)
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def assert_engine_empties(server: ServerProcess, timeout: float = 5.0) -> None:
+    """Within `timeout`, nothing runs or waits and every KV cache block is free again."""
+    names = ("lmserve:num_requests_running", "lmserve:num_requests_waiting", "lmserve:kv_cache_usage_perc")
+    deadline = time.monotonic() + timeout
+    while any(metric(server, name) for name in names) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {name: metric(server, name) for name in names} == dict.fromkeys(names, 0.0)
+
+
+def engine_core_pid(server: ServerProcess) -> int:
+    """The server's engine core process: its multiprocessing spawn child that is not the resource tracker."""
+    children = [pid for path in Path(f"/proc/{server.process.pid}/task").glob("*/children")
+                for pid in path.read_text().split()]
+    for pid in children:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"spawn_main" in command and b"resource_tracker" not in command:
+            return int(pid)
+    raise AssertionError(f"no engine core among the server's children {children}")
+
+
+@contextlib.contextmanager
+def engine_paused(server: ServerProcess) -> Iterator[None]:
+    """Freeze the engine core (requests wait in its input queue) until the block ends."""
+    pid = engine_core_pid(server)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_requests_past_capacity_get_429_with_retry_after_and_the_rest_complete(small_server: ServerProcess) -> None:
+    burst = 12
+    with ThreadPoolExecutor(burst) as pool:
+        with engine_paused(small_server):  # nothing finishes, so exactly CAPACITY requests are in flight
+            futures = [pool.submit(post, small_server, completion(f"burst {i}", 30)) for i in range(burst)]
+            deadline = time.monotonic() + 20
+            while sum(future.done() for future in futures) < burst - CAPACITY and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # time enough for a wrongly admitted extra one to be refused, too
+            refused = [future.result() for future in futures if future.done()]
+            admitted = [future for future in futures if not future.done()]
+        accepted = [future.result() for future in admitted]
+
+    assert len(refused) == burst - CAPACITY
+    for response in refused:
+        assert response.status_code == 429, response.text
+        assert response.headers["retry-after"] == "1"
+        error = response.json()["error"]
+        assert error["type"] == "rate_limit_error" and error["code"] == 429
+        assert str(CAPACITY) in error["message"] and "retry" in error["message"]
+    assert len(accepted) == CAPACITY
+    for response in accepted:
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["completion_tokens"] == 30
+        assert response.json()["choices"][0]["finish_reason"] == "length"
+    assert_engine_empties(small_server)
+
+
+def test_a_refused_burst_leaves_the_full_capacity_for_the_next_one(small_server: ServerProcess) -> None:
+    with ThreadPoolExecutor(CAPACITY) as pool:
+        with engine_paused(small_server):  # all of them in flight at once: a leaked slot would refuse one
+            futures = [pool.submit(post, small_server, completion(f"again {i}", 20)) for i in range(CAPACITY)]
+            time.sleep(0.5)
+        responses = [future.result() for future in futures]
+
+    assert [response.status_code for response in responses] == [200] * CAPACITY
+
+
+def test_waiting_requests_run_in_priority_order_from_the_body_or_the_header(small_server: ServerProcess) -> None:
+    tag = uuid.uuid4().hex
+    queued = [  # in the order they are sent
+        ("last", {"priority": 10}, {}),  # the lowest priority, by the body field
+        ("second", {}, {"x-priority": "5"}),  # by the header
+        ("first", {}, {}),  # sent last, but the default priority 0 runs first
+    ]
+
+    with ThreadPoolExecutor(len(queued)) as pool, httpx.Client(timeout=60) as client:
+        # A long request holds the only running slot while the others queue up behind it.
+        with client.stream("POST", f"{small_server.url}/v1/completions",
+                           json=completion("blocker", 100, stream=True)) as blocker:
+            blocker_lines = blocker.iter_lines()
+            next(blocker_lines)
+            with engine_paused(small_server):
+                futures = []
+                for name, fields, headers in queued:
+                    headers = {**headers, "x-request-id": f"{name}-{tag}"}
+                    futures.append(pool.submit(post, small_server, completion(name, 10, **fields), headers))
+                    time.sleep(0.3)  # a clear arrival order, in case priorities were ignored
+            for _ in blocker_lines:
+                pass
+        assert [future.result().status_code for future in futures] == [200] * len(queued)
+
+    # The server logs each request as it answers it, so the log has the order in which they finished.
+    log = small_server.log()
+    finished = sorted((name for name, _, _ in queued), key=lambda name: log.index(f"[{name}-{tag}] POST"))
+    assert finished == ["first", "second", "last"]
+
+
+def test_a_priority_that_is_not_a_number_is_a_400(small_server: ServerProcess) -> None:
+    for response in [
+        post(small_server, completion("hi", 2, priority="high")),
+        post(small_server, completion("hi", 2), {"x-priority": "high"}),
+    ]:
+        assert response.status_code == 400
+        assert "priority" in response.json()["error"]["message"]
+
+
+def test_a_request_past_its_timeout_header_gets_408_and_its_blocks_back(small_server: ServerProcess) -> None:
+    generated_before = metric(small_server, "lmserve:generation_tokens_total")
+    started = time.monotonic()
+
+    response = post(small_server, completion("slow", LONG), {"x-request-timeout": "0.2"})
+
+    assert response.status_code == 408, response.text
+    assert time.monotonic() - started < 5
+    error = response.json()["error"]
+    assert error["code"] == 408 and "timeout" in error["message"]
+    assert_engine_empties(small_server)
+    assert metric(small_server, "lmserve:generation_tokens_total") - generated_before < LONG  # cut short
+
+
+def test_a_client_leaving_mid_stream_aborts_its_request(small_server: ServerProcess) -> None:
+    generated_before = metric(small_server, "lmserve:generation_tokens_total")
+
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", f"{small_server.url}/v1/completions",
+                           json=completion("leaving", LONG, stream=True)) as response:
+            events = (line for line in response.iter_lines() if line.startswith("data: "))
+            first_two = [next(events), next(events)]
+            assert metric(small_server, "lmserve:num_requests_running") == 1
+        # Leaving the block closes the connection mid-stream.
+
+    assert all('"finish_reason":null' in event for event in first_two)
+    assert_engine_empties(small_server)
+    assert metric(small_server, "lmserve:generation_tokens_total") - generated_before < LONG
+    assert post(small_server, completion("after", 5)).status_code == 200
+
+
+def test_a_client_giving_up_on_a_queued_request_aborts_it_before_it_runs(small_server: ServerProcess) -> None:
+    generated_before = metric(small_server, "lmserve:generation_tokens_total")
+
+    with engine_paused(small_server):
+        with pytest.raises(httpx.ReadTimeout):  # httpx closes the connection on giving up
+            post(small_server, completion("impatient", LONG), timeout=httpx.Timeout(30, read=0.5))
+        time.sleep(0.3)  # the server sees the disconnect and sends the abort behind the request
+
+    # Had it not been aborted, the impatient request would run (whole) before this one.
+    assert post(small_server, completion("patient", 5)).status_code == 200
+    assert metric(small_server, "lmserve:generation_tokens_total") - generated_before < LONG
+    assert_engine_empties(small_server)
