@@ -28,6 +28,8 @@ class StepObserver(Protocol):
 
     def on_request_finished(self, output: RequestOutput) -> None: ...
 
+    def on_request_aborted(self) -> None: ...
+
 
 class AsyncEngine:
     """`generate()` yields a request's outputs as the engine core produces them.
@@ -105,6 +107,8 @@ class AsyncEngine:
             self._queues.pop(request_id, None)
             if not finished:
                 self.abort(request_id)
+                if self.observer is not None:
+                    self.observer.on_request_aborted()
 
     @staticmethod
     async def _next(queue: asyncio.Queue, deadline: float | None) -> RequestOutput | BaseException:

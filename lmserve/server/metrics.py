@@ -35,7 +35,7 @@ class ServerMetrics:
 
     Per-token metrics (inter-token latency, generation tokens) come from every engine step; per-request
     ones (latencies, prompt tokens, finished requests) from the request's final output, so a request
-    aborted before it finished (client gone, timeout) adds no latency observations.
+    aborted before it finished (client gone, timeout) only counts as `finished_reason="abort"`.
     """
 
     def __init__(self, model_name: str) -> None:
@@ -158,6 +158,10 @@ class ServerMetrics:
                 histogram.observe(seconds)
         if decode is not None and metrics.num_generation_tokens > 1:
             self.time_per_output_token.observe(decode / (metrics.num_generation_tokens - 1))
+
+    def on_request_aborted(self) -> None:
+        """A request ended before it finished (client gone, timeout, engine failure): no latencies to record."""
+        self.request_success["abort"].inc()
 
     def observe_http(self, status: int) -> None:
         """Count one answered HTTP request; status 0 (the client left before a response started) counts as "0"."""

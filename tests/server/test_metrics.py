@@ -182,3 +182,12 @@ def test_the_dashboard_only_charts_metrics_the_server_exports() -> None:
     charted = {name for expr in expressions for name in re.findall(r"lmserve:[a-zA-Z0-9_:]+", expr)}
     assert len(charted) >= 10
     assert charted <= exported, charted - exported
+
+
+def test_an_aborted_request_counts_as_finished_by_abort():
+    metrics = ServerMetrics("m")
+    metrics.on_request_aborted()
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render()[0].decode())}
+    samples = {s.labels["finished_reason"]: s.value for s in families["lmserve:request_success"].samples
+               if s.name.endswith("_total")}
+    assert samples == {"stop": 0.0, "length": 0.0, "abort": 1.0}
