@@ -7,9 +7,6 @@ story needs, whatever the speed of the machine; the HTTP server keeps answering 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,24 +15,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.server_process import ServerProcess
+from tests.server.helpers import assert_openai_error
+from tests.server.server_process import TINY_MODEL_ARGS, ServerProcess
 
 MAX_NUM_SEQS, MAX_WAITING = 1, 3
 CAPACITY = MAX_NUM_SEQS + MAX_WAITING
 LONG = 480  # tokens: near the tiny model's 512 positions, so that a request runs for a while
+SERVER_ARGS = (*TINY_MODEL_ARGS, "--max-num-seqs", str(MAX_NUM_SEQS), "--max-waiting-requests", str(MAX_WAITING))
 
 
 @pytest.fixture(scope="module")
 def small_server(text_model_dir: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        text_model_dir,
-        *("--dtype", "float32", "--served-model-name", "tiny"),
-        *("--max-num-seqs", str(MAX_NUM_SEQS), "--max-waiting-requests", str(MAX_WAITING)),
-    )
-    yield process
-    process.stop()
+    with ServerProcess(text_model_dir, *SERVER_ARGS) as process:
+        yield process
 
 
 def completion(prompt: str, max_tokens: int, **fields) -> dict:
@@ -46,50 +39,19 @@ def post(server: ServerProcess, body: dict, headers: dict | None = None, timeout
     return httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=timeout)
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    raise AssertionError(f"{name} is not in /metrics")
-
-
 def assert_engine_empties(server: ServerProcess, timeout: float = 5.0) -> None:
     """Within `timeout`, nothing runs or waits and every KV cache block is free again."""
     names = ("lmserve:num_requests_running", "lmserve:num_requests_waiting", "lmserve:kv_cache_usage_perc")
     deadline = time.monotonic() + timeout
-    while any(metric(server, name) for name in names) and time.monotonic() < deadline:
+    while any(server.metric(name) for name in names) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert {name: metric(server, name) for name in names} == dict.fromkeys(names, 0.0)
-
-
-def engine_core_pid(server: ServerProcess) -> int:
-    """The server's engine core process: its multiprocessing spawn child that is not the resource tracker."""
-    children = [pid for path in Path(f"/proc/{server.process.pid}/task").glob("*/children")
-                for pid in path.read_text().split()]
-    for pid in children:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"spawn_main" in command and b"resource_tracker" not in command:
-            return int(pid)
-    raise AssertionError(f"no engine core among the server's children {children}")
-
-
-@contextlib.contextmanager
-def engine_paused(server: ServerProcess) -> Iterator[None]:
-    """Freeze the engine core (requests wait in its input queue) until the block ends."""
-    pid = engine_core_pid(server)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    assert {name: server.metric(name) for name in names} == dict.fromkeys(names, 0.0)
 
 
 def test_requests_past_capacity_get_429_with_retry_after_and_the_rest_complete(small_server: ServerProcess) -> None:
     burst = 12
     with ThreadPoolExecutor(burst) as pool:
-        with engine_paused(small_server):  # nothing finishes, so exactly CAPACITY requests are in flight
+        with small_server.engine_paused():  # nothing finishes, so exactly CAPACITY requests are in flight
             futures = [pool.submit(post, small_server, completion(f"burst {i}", 30)) for i in range(burst)]
             deadline = time.monotonic() + 20
             while sum(future.done() for future in futures) < burst - CAPACITY and time.monotonic() < deadline:
@@ -101,11 +63,8 @@ def test_requests_past_capacity_get_429_with_retry_after_and_the_rest_complete(s
 
     assert len(refused) == burst - CAPACITY
     for response in refused:
-        assert response.status_code == 429, response.text
+        assert_openai_error(response, 429, str(CAPACITY), "retry", error_type="rate_limit_error", match_case=True)
         assert response.headers["retry-after"] == "1"
-        error = response.json()["error"]
-        assert error["type"] == "rate_limit_error" and error["code"] == 429
-        assert str(CAPACITY) in error["message"] and "retry" in error["message"]
     assert len(accepted) == CAPACITY
     for response in accepted:
         assert response.status_code == 200, response.text
@@ -116,7 +75,7 @@ def test_requests_past_capacity_get_429_with_retry_after_and_the_rest_complete(s
 
 def test_a_refused_burst_leaves_the_full_capacity_for_the_next_one(small_server: ServerProcess) -> None:
     with ThreadPoolExecutor(CAPACITY) as pool:
-        with engine_paused(small_server):  # all of them in flight at once: a leaked slot would refuse one
+        with small_server.engine_paused():  # all of them in flight at once: a leaked slot would refuse one
             futures = [pool.submit(post, small_server, completion(f"again {i}", 20)) for i in range(CAPACITY)]
             time.sleep(0.5)
         responses = [future.result() for future in futures]
@@ -138,7 +97,7 @@ def test_waiting_requests_run_in_priority_order_from_the_body_or_the_header(smal
                            json=completion("blocker", 100, stream=True)) as blocker:
             blocker_lines = blocker.iter_lines()
             next(blocker_lines)
-            with engine_paused(small_server):
+            with small_server.engine_paused():
                 futures = []
                 for name, fields, headers in queued:
                     headers = {**headers, "x-request-id": f"{name}-{tag}"}
@@ -159,50 +118,47 @@ def test_a_priority_that_is_not_a_number_is_a_400(small_server: ServerProcess) -
         post(small_server, completion("hi", 2, priority="high")),
         post(small_server, completion("hi", 2), {"x-priority": "high"}),
     ]:
-        assert response.status_code == 400
-        assert "priority" in response.json()["error"]["message"]
+        assert_openai_error(response, 400, "priority", match_case=True)
 
 
 def test_a_request_past_its_timeout_header_gets_408_and_its_blocks_back(small_server: ServerProcess) -> None:
-    generated_before = metric(small_server, "lmserve:generation_tokens_total")
+    generated_before = small_server.metric("lmserve:generation_tokens_total")
     started = time.monotonic()
 
     response = post(small_server, completion("slow", LONG), {"x-request-timeout": "0.2"})
 
-    assert response.status_code == 408, response.text
+    assert_openai_error(response, 408, "timeout", match_case=True)
     assert time.monotonic() - started < 5
-    error = response.json()["error"]
-    assert error["code"] == 408 and "timeout" in error["message"]
     assert_engine_empties(small_server)
-    assert metric(small_server, "lmserve:generation_tokens_total") - generated_before < LONG  # cut short
+    assert small_server.metric("lmserve:generation_tokens_total") - generated_before < LONG  # cut short
 
 
 def test_a_client_leaving_mid_stream_aborts_its_request(small_server: ServerProcess) -> None:
-    generated_before = metric(small_server, "lmserve:generation_tokens_total")
+    generated_before = small_server.metric("lmserve:generation_tokens_total")
 
     with httpx.Client(timeout=60) as client:
         with client.stream("POST", f"{small_server.url}/v1/completions",
                            json=completion("leaving", LONG, stream=True)) as response:
             events = (line for line in response.iter_lines() if line.startswith("data: "))
             first_two = [next(events), next(events)]
-            assert metric(small_server, "lmserve:num_requests_running") == 1
+            assert small_server.metric("lmserve:num_requests_running") == 1
         # Leaving the block closes the connection mid-stream.
 
     assert all('"finish_reason":null' in event for event in first_two)
     assert_engine_empties(small_server)
-    assert metric(small_server, "lmserve:generation_tokens_total") - generated_before < LONG
+    assert small_server.metric("lmserve:generation_tokens_total") - generated_before < LONG
     assert post(small_server, completion("after", 5)).status_code == 200
 
 
 def test_a_client_giving_up_on_a_queued_request_aborts_it_before_it_runs(small_server: ServerProcess) -> None:
-    generated_before = metric(small_server, "lmserve:generation_tokens_total")
+    generated_before = small_server.metric("lmserve:generation_tokens_total")
 
-    with engine_paused(small_server):
+    with small_server.engine_paused():
         with pytest.raises(httpx.ReadTimeout):  # httpx closes the connection on giving up
             post(small_server, completion("impatient", LONG), timeout=httpx.Timeout(30, read=0.5))
         time.sleep(0.3)  # the server sees the disconnect and sends the abort behind the request
 
     # Had it not been aborted, the impatient request would run (whole) before this one.
     assert post(small_server, completion("patient", 5)).status_code == 200
-    assert metric(small_server, "lmserve:generation_tokens_total") - generated_before < LONG
+    assert small_server.metric("lmserve:generation_tokens_total") - generated_before < LONG
     assert_engine_empties(small_server)

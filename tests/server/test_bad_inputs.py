@@ -8,30 +8,19 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.server.helpers import assert_openai_error
 from tests.server.server_process import ServerProcess
 
 MAX_MODEL_LEN = 512  # the tiny model's max_position_embeddings
 VOCAB_SIZE = 512
 GOOD_PROMPT = {"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 2}
 GOOD_CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+JSON = {"content-type": "application/json"}
 
 
-def post(server: ServerProcess, path: str, body: dict | None = None, **kwargs) -> httpx.Response:
+def post(server: ServerProcess, path: str, body: dict | list | None = None, **kwargs) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=body, timeout=30, **kwargs)
-
-
-def assert_openai_error(response: httpx.Response, status: int, *words: str) -> str:
-    """The status, OpenAI's error shape, and a message naming each of `words`; returns the message."""
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "invalid_request_error"
-    assert error["code"] == status
-    for word in words:
-        assert word.lower() in error["message"].lower(), error["message"]
-    return error["message"]
 
 
 def assert_still_serving(server: ServerProcess) -> None:
@@ -40,42 +29,23 @@ def assert_still_serving(server: ServerProcess) -> None:
     assert response.json()["usage"]["completion_tokens"] == 2
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    raise AssertionError(f"{name} is not in /metrics")
-
-
 # ---- The body is not a request at all ------------------------------------------------------------------
 
 
 def test_malformed_json_is_a_400_that_says_json(server: ServerProcess) -> None:
-    response = httpx.post(
-        f"{server.url}/v1/completions",
-        content=b'{"prompt": "hi", "max_tokens": ',
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
+    response = post(server, "/v1/completions", content=b'{"prompt": "hi", "max_tokens": ', headers=JSON)
     assert_openai_error(response, 400, "json")
     assert_still_serving(server)
 
 
 def test_a_json_array_instead_of_an_object_is_a_400(server: ServerProcess) -> None:
-    response = httpx.post(f"{server.url}/v1/chat/completions", json=[GOOD_CHAT], timeout=30)
+    response = post(server, "/v1/chat/completions", [GOOD_CHAT])
     assert_openai_error(response, 400, "object")
     assert_still_serving(server)
 
 
 def test_a_body_that_is_not_utf8_is_a_400(server: ServerProcess) -> None:
-    response = httpx.post(
-        f"{server.url}/v1/completions",
-        content=b'\xff\xfe{"prompt": "\xc3\x28", "max_tokens": 2}',
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
+    response = post(server, "/v1/completions", content=b'\xff\xfe{"prompt": "\xc3\x28", "max_tokens": 2}', headers=JSON)
     message = assert_openai_error(response, 400)
     assert "json" in message.lower() or "body" in message.lower(), message
     assert_still_serving(server)
@@ -97,9 +67,7 @@ def test_a_chunked_body_over_the_size_limit_is_a_413_too(server: ServerProcess) 
             yield b"a" * 65536
         yield b'", "max_tokens": 2}'
 
-    response = httpx.post(
-        f"{server.url}/v1/completions", content=chunks(), headers={"content-type": "application/json"}, timeout=30
-    )
+    response = post(server, "/v1/completions", content=chunks(), headers=JSON)
 
     assert_openai_error(response, 413, "bytes")
     assert_still_serving(server)
@@ -241,9 +209,9 @@ def test_a_request_timeout_header_that_is_not_a_positive_number_is_a_400(server:
 def test_bad_requests_leave_no_kv_cache_blocks_and_nothing_running(server: ServerProcess) -> None:
     assert_still_serving(server)  # an engine step after all of the above refreshes the gauges
     deadline = time.monotonic() + 10
-    while metric(server, "lmserve:num_requests_running") and time.monotonic() < deadline:
+    while server.metric("lmserve:num_requests_running") and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    assert metric(server, "lmserve:num_requests_running") == 0
-    assert metric(server, "lmserve:num_requests_waiting") == 0
-    assert metric(server, "lmserve:kv_cache_usage_perc") == 0
+    assert server.metric("lmserve:num_requests_running") == 0
+    assert server.metric("lmserve:num_requests_waiting") == 0
+    assert server.metric("lmserve:kv_cache_usage_perc") == 0

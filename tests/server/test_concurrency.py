@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import openai
-import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from lmserve import LLM, SamplingParams
+from lmserve import SamplingParams
+from tests.server.server_process import ServerProcess
 
 NUM_CLIENTS = 64
 MAX_TOKENS = 16
@@ -24,26 +22,10 @@ PROMPTS = [f"Client {index} asks:{' why' * (index % 9)} what is {index} squared?
 METRICS_SETTLE_SECONDS = 5.0
 
 
-@pytest.fixture(scope="module")
-def llm(text_model_dir) -> LLM:
-    """The offline reference: the model the shared server serves, loaded the same way."""
-    return LLM(str(text_model_dir), dtype="float32")
-
-
-def metric(server, name: str) -> float:
-    """The value of `name`'s sample, which carries no label but the model's name."""
-    text = httpx.get(f"{server.url}/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels.keys() == {"model_name"}:
-                return sample.value
-    raise AssertionError(f"{name} is not in /metrics")
-
-
-def wait_until_idle(server) -> None:
+def wait_until_idle(server: ServerProcess) -> None:
     """Let requests of earlier tests (a client that left mid-stream, say) finish before counting tokens."""
     deadline = time.monotonic() + METRICS_SETTLE_SECONDS
-    while metric(server, "lmserve:num_requests_running") or metric(server, "lmserve:num_requests_waiting"):
+    while server.metric("lmserve:num_requests_running") or server.metric("lmserve:num_requests_waiting"):
         assert time.monotonic() < deadline, "the shared server never went idle"
         time.sleep(0.05)
 
@@ -74,7 +56,7 @@ def test_64_concurrent_streams_equal_the_offline_llm_and_metrics_settle(server, 
         PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False
     )]
     wait_until_idle(server)
-    generation_tokens_before = metric(server, "lmserve:generation_tokens_total")
+    generation_tokens_before = server.metric("lmserve:generation_tokens_total")
 
     results = asyncio.run(stream_all(f"{server.url}/v1"))
 
@@ -86,9 +68,9 @@ def test_64_concurrent_streams_equal_the_offline_llm_and_metrics_settle(server, 
     # The gauges change on the engine's next message after the last token: poll briefly.
     deadline = time.monotonic() + METRICS_SETTLE_SECONDS
     while True:
-        running = metric(server, "lmserve:num_requests_running")
-        kv_cache_usage = metric(server, "lmserve:kv_cache_usage_perc")
-        generated = metric(server, "lmserve:generation_tokens_total") - generation_tokens_before
+        running = server.metric("lmserve:num_requests_running")
+        kv_cache_usage = server.metric("lmserve:kv_cache_usage_perc")
+        generated = server.metric("lmserve:generation_tokens_total") - generation_tokens_before
         settled = (running, kv_cache_usage, generated) == (0, 0, total_completion_tokens)
         if settled or time.monotonic() > deadline:
             break

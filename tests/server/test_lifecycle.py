@@ -7,7 +7,6 @@ hold on a machine of any speed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server.server_process import ServerProcess
+from tests.server.helpers import assert_openai_error
+from tests.server.server_process import TINY_MODEL_ARGS, ServerProcess
 
 DRAIN_TIMEOUT = 30.0
 STREAM = {"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 150, "ignore_eos": True, "stream": True,
@@ -29,32 +29,8 @@ WHOLE = {"model": "tiny", "prompt": "import os", "max_tokens": 150, "ignore_eos"
 
 @pytest.fixture
 def own_server(text_model_dir: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        text_model_dir, "--dtype", "float32", "--served-model-name", "tiny", "--drain-timeout", str(DRAIN_TIMEOUT)
-    )
-    yield process
-    process.stop()
-
-
-def engine_core_pid(server: ServerProcess) -> int:
-    """The server's engine core process: its multiprocessing spawn child that is not the resource tracker."""
-    children = [pid for path in Path(f"/proc/{server.process.pid}/task").glob("*/children")
-                for pid in path.read_text().split()]
-    for pid in children:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"spawn_main" in command and b"resource_tracker" not in command:
-            return int(pid)
-    raise AssertionError(f"no engine core among the server's children {children}")
-
-
-@contextlib.contextmanager
-def engine_paused(pid: int) -> Iterator[None]:
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # killed meanwhile
-            os.kill(pid, signal.SIGCONT)
+    with ServerProcess(text_model_dir, *TINY_MODEL_ARGS, "--drain-timeout", str(DRAIN_TIMEOUT)) as process:
+        yield process
 
 
 def events(lines: Iterator[str]) -> list[dict | str]:
@@ -72,10 +48,7 @@ def until_status(url: str, status: int, timeout: float = 10.0) -> httpx.Response
 
 
 def assert_unavailable(response: httpx.Response, *words: str) -> None:
-    assert response.status_code == 503, response.text
-    error = response.json()["error"]
-    assert error["type"] == "server_error" and error["code"] == 503
-    assert all(word in error["message"] for word in words), error["message"]
+    assert_openai_error(response, 503, *words, error_type="server_error", match_case=True)
 
 
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(own_server: ServerProcess) -> None:
@@ -84,7 +57,7 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(own_se
         with client.stream("POST", f"{url}/v1/completions", json=STREAM) as stream:
             lines = stream.iter_lines()
             next(lines)  # the stream has started
-            with engine_paused(engine_core_pid(own_server)):  # so both requests are surely still in flight
+            with own_server.engine_paused():  # so both requests are surely still in flight
                 whole = pool.submit(httpx.post, f"{url}/v1/completions", json=WHOLE, timeout=30)
                 time.sleep(0.3)
                 own_server.process.send_signal(signal.SIGTERM)
@@ -110,12 +83,11 @@ def test_an_engine_crash_fails_in_flight_requests_at_once_and_makes_the_server_u
     own_server: ServerProcess,
 ) -> None:
     url = own_server.url
-    engine = engine_core_pid(own_server)
     with ThreadPoolExecutor(1) as pool, httpx.Client(timeout=30) as client:
         with client.stream("POST", f"{url}/v1/completions", json=STREAM) as stream:
             lines = stream.iter_lines()
             next(lines)
-            with engine_paused(engine):  # no request may finish before the crash
+            with own_server.engine_paused() as engine:  # no request may finish before the crash
                 whole = pool.submit(httpx.post, f"{url}/v1/completions", json=WHOLE, timeout=30)
                 time.sleep(0.3)
                 os.kill(engine, signal.SIGKILL)

@@ -32,12 +32,6 @@ MESSAGES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def llm(text_model_dir) -> LLM:
-    """The offline reference: the model the shared server serves, loaded the same way."""
-    return LLM(str(text_model_dir), dtype="float32")
-
-
 def offline(llm: LLM, prompt, **params) -> list[CompletionOutput]:
     """The offline samples for one prompt; greedy with MAX_TOKENS unless `params` say otherwise."""
     params = {"temperature": 0.0, "max_tokens": MAX_TOKENS, **params}

@@ -17,16 +17,14 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from lmserve import LLM, SamplingParams
 from lmserve.models.default import DEFAULT_MODEL_DIR
-from tests.server.server_process import STARTUP_TIMEOUT, free_port
+from tests.server.server_process import free_port, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
@@ -83,7 +81,8 @@ def readme_server(tmp_path_factory) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path)
+            if (failure := wait_until_healthy(process, f"http://127.0.0.1:{port}")) is not None:
+                raise AssertionError(f"{failure}:\n{log_path.read_text()}")
             yield f"127.0.0.1:{port}"
         finally:
             process.terminate()
@@ -92,20 +91,6 @@ def readme_server(tmp_path_factory) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def _wait_until_healthy(process: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"lmserve serve exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"lmserve serve did not become healthy in {STARTUP_TIMEOUT}s:\n{log_path.read_text()}")
 
 
 def test_the_readme_install_is_what_ci_runs_in_a_fresh_environment():

@@ -13,22 +13,18 @@ import openai
 import pytest
 
 from lmserve.server.config import API_KEY_ENV, ServerConfig
-from tests.server.server_process import ServerProcess
+from tests.server.helpers import assert_openai_error
+from tests.server.server_process import TINY_MODEL_ARGS, ServerProcess
 
 KEYS = ("k1", "k2")
 REQUEST = {"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 4, "temperature": 0}
+SERVER_ARGS = (*TINY_MODEL_ARGS, "--api-key", KEYS[0], "--api-key", KEYS[1], "--log-format", "json", "--log-requests")
 
 
 @pytest.fixture(scope="module")
 def locked_server(text_model_dir: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        text_model_dir,
-        *("--dtype", "float32", "--served-model-name", "tiny"),
-        *("--api-key", KEYS[0], "--api-key", KEYS[1]),
-        *("--log-format", "json", "--log-requests"),
-    )
-    yield process
-    process.stop()
+    with ServerProcess(text_model_dir, *SERVER_ARGS) as process:
+        yield process
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -76,16 +72,12 @@ def request_log(server: ServerProcess, request_id: str, timeout: float = 10.0) -
 def test_a_request_without_a_valid_key_is_a_401(locked_server: ServerProcess, headers: dict) -> None:
     response = httpx.post(f"{locked_server.url}/v1/completions", json=REQUEST, headers=headers, timeout=30)
 
-    assert response.status_code == 401
-    error = response.json()["error"]
-    assert error["type"] == "authentication_error"
-    assert error["code"] == 401
-    assert "api key" in error["message"].lower()
+    assert_openai_error(response, 401, "api key", error_type="authentication_error")
 
 
 @pytest.mark.parametrize("key", KEYS)
 def test_each_configured_key_is_accepted_by_the_openai_client(locked_server: ServerProcess, key: str) -> None:
-    client = openai.OpenAI(base_url=f"{locked_server.url}/v1", api_key=key, max_retries=0, timeout=30)
+    client = locked_server.client(api_key=key, timeout=30)
 
     completion = client.completions.create(**REQUEST)
 
@@ -93,7 +85,7 @@ def test_each_configured_key_is_accepted_by_the_openai_client(locked_server: Ser
 
 
 def test_the_openai_client_reports_a_wrong_key_as_an_authentication_error(locked_server: ServerProcess) -> None:
-    client = openai.OpenAI(base_url=f"{locked_server.url}/v1", api_key="k3", max_retries=0, timeout=30)
+    client = locked_server.client(api_key="k3", timeout=30)
 
     with pytest.raises(openai.AuthenticationError, match="API key"):
         client.completions.create(**REQUEST)
@@ -159,7 +151,7 @@ def test_log_requests_logs_the_prompt_and_the_output(locked_server: ServerProces
 
 def test_log_requests_logs_a_streamed_output_whole(locked_server: ServerProcess) -> None:
     request_id = f"streamed-{uuid.uuid4().hex}"
-    client = openai.OpenAI(base_url=f"{locked_server.url}/v1", api_key=KEYS[1], max_retries=0, timeout=30)
+    client = locked_server.client(api_key=KEYS[1], timeout=30)
 
     stream = client.completions.create(
         **{**REQUEST, "max_tokens": 12}, stream=True, extra_headers={"x-request-id": request_id}

@@ -13,12 +13,6 @@ PROMPT = "def fibonacci(n):\n    return"
 TOKEN_FIELDS = {"id", "text", "logprob", "special"}
 
 
-@pytest.fixture(scope="module")
-def llm(text_model_dir) -> LLM:
-    """The offline reference: the model the shared server serves, loaded the same way."""
-    return LLM(str(text_model_dir), dtype="float32")
-
-
 def offline_greedy(llm: LLM, prompt: str, max_tokens: int, **params) -> CompletionOutput:
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, **params)
     return llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
