@@ -23,7 +23,7 @@ class AttentionMetadata:
     seq_lens: torch.Tensor  # [num_requests] int64
     query_start_loc: torch.Tensor  # [num_requests + 1] int64
     max_query_len: int
-    max_seq_len: int
+    max_seq_len: int  # an upper bound is enough (a CUDA graph's metadata holds the longest allowed)
 
     @property
     def num_requests(self) -> int:

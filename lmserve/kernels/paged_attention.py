@@ -183,6 +183,8 @@ def paged_attention(
     ([2, num_blocks, block_size, num_kv_heads, head_dim]) at the blocks `block_tables[i]` lists.
     A query at position p sees keys at positions <= p, and > p - sliding_window when one is given.
     `max_query_len` is a host-side int (no device sync); 1 selects the decode tile shape.
+    The launch depends only on shapes and `max_query_len`, and each program loops over its request's keys up
+    to the seq_len it reads on the device: so a decode launch replays correctly from a CUDA graph.
     `block_q` (query tokens per tile) and `block_n` (keys per iteration, a power of two >= 16) override
     the tile shape; tests use them to reach several tiles with tiny inputs. Returns `out` if given.
     """

@@ -1,4 +1,8 @@
-"""Builds one step's flat model inputs from the scheduled requests, vectorised over tokens."""
+"""Builds one step's flat model inputs from the scheduled requests, vectorised over tokens.
+
+`layout_step` does the work on the host (numpy); `to_device` moves the result for an eager forward, and
+the CUDA graph path (`cuda_graphs.py`) copies the same arrays into its static buffers instead.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +16,50 @@ from lmserve.engine.scheduler import SchedulerOutput
 
 
 @dataclass
+class StepLayout:
+    """One step's inputs as host arrays; `sample_indices` are the flat rows whose logits get sampled."""
+
+    token_ids: np.ndarray  # [num_tokens] int64
+    positions: np.ndarray  # [num_tokens] int64
+    slot_mapping: np.ndarray  # [num_tokens] int64
+    block_tables: np.ndarray  # [num_requests, max_blocks_per_request] int64, padded with 0
+    seq_lens: np.ndarray  # [num_requests] int64
+    query_start_loc: np.ndarray  # [num_requests + 1] int64
+    sample_indices: np.ndarray  # [len(sampling_rows)] int64
+    sampling_rows: list[int]  # which scheduled requests sample this step, in `sample_indices` order
+
+    @property
+    def num_requests(self) -> int:
+        return self.seq_lens.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.token_ids.shape[0]
+
+    @property
+    def max_query_len(self) -> int:
+        return int(np.diff(self.query_start_loc).max())
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.seq_lens.max())
+
+    @property
+    def every_token_samples(self) -> bool:
+        """True when each request computes one token and samples it, so `sample_indices` is 0, 1, ..."""
+        return len(self.sampling_rows) == self.num_tokens
+
+
+@dataclass
 class StepInputs:
-    """The tensors of one forward pass; `sample_indices` are the flat rows whose logits get sampled."""
+    """The device tensors of one eager forward pass."""
 
     input_ids: torch.Tensor
     positions: torch.Tensor
     metadata: AttentionMetadata
-    sample_indices: torch.Tensor
-    sampling_rows: list[int]  # which scheduled requests sample this step, in `sample_indices` order
-    query_start_loc: np.ndarray
 
 
-def prepare_inputs(batch: SchedulerOutput, block_size: int, device: torch.device) -> StepInputs:
+def layout_step(batch: SchedulerOutput, block_size: int) -> StepLayout:
     """Lay the scheduled tokens out flat: request i's new tokens follow request i-1's.
 
     The only Python loop is over requests (to slice their token lists and block tables); positions,
@@ -51,23 +87,35 @@ def prepare_inputs(batch: SchedulerOutput, block_size: int, device: torch.device
 
     sampling_rows = [i for i in range(num_requests) if batch.samples(i)]
     sample_indices = query_start_loc[1:][sampling_rows] - 1
+    return StepLayout(
+        token_ids=token_ids,
+        positions=positions,
+        slot_mapping=slot_mapping,
+        block_tables=block_tables,
+        seq_lens=seq_lens,
+        query_start_loc=query_start_loc,
+        sample_indices=sample_indices,
+        sampling_rows=sampling_rows,
+    )
 
-    def to_device(array: np.ndarray) -> torch.Tensor:
+
+def to_device(layout: StepLayout, device: torch.device) -> StepInputs:
+    """Copy a layout's arrays to `device` for an eager forward (no host synchronisation)."""
+
+    def move(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(device, non_blocking=True)
 
     metadata = AttentionMetadata(
-        slot_mapping=to_device(slot_mapping),
-        block_tables=to_device(block_tables),
-        seq_lens=to_device(seq_lens),
-        query_start_loc=to_device(query_start_loc),
-        max_query_len=int(query_lens.max()),
-        max_seq_len=int(seq_lens.max()),
+        slot_mapping=move(layout.slot_mapping),
+        block_tables=move(layout.block_tables),
+        seq_lens=move(layout.seq_lens),
+        query_start_loc=move(layout.query_start_loc),
+        max_query_len=layout.max_query_len,
+        max_seq_len=layout.max_seq_len,
     )
-    return StepInputs(
-        input_ids=to_device(token_ids),
-        positions=to_device(positions),
-        metadata=metadata,
-        sample_indices=to_device(sample_indices),
-        sampling_rows=sampling_rows,
-        query_start_loc=query_start_loc,
-    )
+    return StepInputs(input_ids=move(layout.token_ids), positions=move(layout.positions), metadata=metadata)
+
+
+def prepare_inputs(batch: SchedulerOutput, block_size: int, device: torch.device) -> StepInputs:
+    """`layout_step` then `to_device`: the eager path's inputs in one call."""
+    return to_device(layout_step(batch, block_size), device)

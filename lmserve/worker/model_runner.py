@@ -13,7 +13,8 @@ from lmserve.errors import ConfigError
 from lmserve.models import load_model
 from lmserve.outputs import PositionLogprobs
 from lmserve.sample import Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
-from lmserve.worker.input_preparation import StepInputs, prepare_inputs
+from lmserve.worker.cuda_graphs import DecodeGraphs, capture_sizes
+from lmserve.worker.input_preparation import StepLayout, layout_step, to_device
 
 
 @dataclass
@@ -34,7 +35,11 @@ class ModelRunnerOutput:
 
 
 class ModelRunner:
-    """Holds the model, its paged KV cache and the sampler; keeps each seeded request's generator."""
+    """Holds the model, its paged KV cache and the sampler; keeps each seeded request's generator.
+
+    On CUDA with the Triton backend, decode-only steps replay CUDA graphs captured when the cache is
+    allocated (unless `enforce_eager`); every other step runs the model eagerly.
+    """
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -52,6 +57,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
         self.kv_caches: list[torch.Tensor] = []
+        self.decode_graphs: DecodeGraphs | None = None
 
     @property
     def kv_cache_block_bytes(self) -> int:
@@ -85,14 +91,28 @@ class ModelRunner:
             )
         return num_blocks
 
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Graphs need a GPU and the Triton backend, whose launches take no per-step host values."""
+        runner = self.config.runner
+        return not runner.enforce_eager and self.device.type == "cuda" and runner.attention_backend == "triton"
+
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        """Preallocate every layer's cache (zeroed, so unwritten slots are finite) and bind it."""
+        """Preallocate every layer's cache (zeroed, so unwritten slots are finite) and bind it; then
+        capture the decode CUDA graphs, which hold the cache's addresses."""
         model = self.config.model
-        shape = (2, num_blocks, self.config.cache.block_size, model.num_kv_heads, model.head_dim)
+        block_size = self.config.cache.block_size
+        shape = (2, num_blocks, block_size, model.num_kv_heads, model.head_dim)
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.decode_graphs = None
         self.kv_caches = [torch.zeros(shape, dtype=model.torch_dtype, device=self.device) for _ in layers]
         for layer, kv_cache in zip(layers, self.kv_caches, strict=True):
             layer.bind(kv_cache, self.backend)
+        if self.uses_cuda_graphs:
+            sizes = capture_sizes(self.config.runner.cuda_graph_batch_sizes, self.config.scheduler.max_num_seqs)
+            max_blocks_per_seq = -(-model.max_model_len // block_size)
+            self.decode_graphs = DecodeGraphs(self.model, sizes, max_blocks_per_seq, block_size, self.device)
+            self.decode_graphs.capture()
 
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> ModelRunnerOutput:
@@ -101,26 +121,35 @@ class ModelRunner:
         num_requests = len(batch.requests)
         if num_requests == 0:
             return ModelRunnerOutput([], [], [])
-        inputs = prepare_inputs(batch, self.config.cache.block_size, self.device)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.metadata)
+        layout = layout_step(batch, self.config.cache.block_size)
+        hidden = self._forward(layout)
 
         sampled: list[int | None] = [None] * num_requests
         logprobs: list[PositionLogprobs | None] = [None] * num_requests
-        if inputs.sampling_rows:
-            self._sample(batch, inputs, hidden, sampled, logprobs)
-        prompt_logprobs = [self._prompt_logprobs(batch, inputs, hidden, i) for i in range(num_requests)]
+        if layout.sampling_rows:
+            self._sample(batch, layout, hidden, sampled, logprobs)
+        prompt_logprobs = [self._prompt_logprobs(batch, layout, hidden, i) for i in range(num_requests)]
         return ModelRunnerOutput(sampled, logprobs, prompt_logprobs)
+
+    def _forward(self, layout: StepLayout) -> torch.Tensor:
+        """Hidden states [num_tokens, hidden]: a graph replay for decode-only steps, else an eager forward."""
+        if self.decode_graphs is not None and self.decode_graphs.can_run(layout):
+            return self.decode_graphs.run(layout)
+        inputs = to_device(layout, self.device)
+        return self.model(inputs.input_ids, inputs.positions, inputs.metadata)
 
     def _sample(
         self,
         batch: SchedulerOutput,
-        inputs: StepInputs,
+        layout: StepLayout,
         hidden: torch.Tensor,
         sampled: list[int | None],
         logprobs: list[PositionLogprobs | None],
     ) -> None:
-        requests = [batch.requests[i] for i in inputs.sampling_rows]
-        logits = self.model.compute_logits(hidden[inputs.sample_indices])
+        requests = [batch.requests[i] for i in layout.sampling_rows]
+        if not layout.every_token_samples:
+            hidden = hidden[torch.from_numpy(layout.sample_indices).to(self.device, non_blocking=True)]
+        logits = self.model.compute_logits(hidden)
         metadata = SamplingMetadata.build(
             params=[r.sampling_params for r in requests],
             prompt_token_ids=[r.prompt_token_ids for r in requests],
@@ -136,13 +165,13 @@ class ModelRunner:
         positions = None
         if output.logprobs is not None:
             positions = to_position_logprobs(output.logprobs, [n or 0 for n in wanted])
-        for row, index in enumerate(inputs.sampling_rows):
+        for row, index in enumerate(layout.sampling_rows):
             sampled[index] = token_ids[row]
             if positions is not None and wanted[row] is not None:
                 logprobs[index] = positions[row]
 
     def _prompt_logprobs(
-        self, batch: SchedulerOutput, inputs: StepInputs, hidden: torch.Tensor, index: int
+        self, batch: SchedulerOutput, layout: StepLayout, hidden: torch.Tensor, index: int
     ) -> PromptLogprobsChunk | None:
         """Logprobs of the prompt tokens this chunk predicts: position p's logits score token p + 1."""
         request = batch.requests[index]
@@ -151,7 +180,7 @@ class ModelRunner:
         end = min(start + batch.num_new_tokens[index], request.num_prompt_tokens - 1)
         if num_top is None or start >= end:
             return None
-        first_row = int(inputs.query_start_loc[index])
+        first_row = int(layout.query_start_loc[index])
         logits = self.model.compute_logits(hidden[first_row : first_row + end - start])
         targets = torch.tensor(request.token_ids[start + 1 : end + 1], device=self.device)
         tensors = compute_logprobs(torch.log_softmax(logits, dim=-1), targets, num_top)

@@ -3,7 +3,7 @@
 import torch
 
 from lmserve.engine.scheduler import SchedulerOutput
-from lmserve.worker.input_preparation import prepare_inputs
+from lmserve.worker.input_preparation import layout_step, to_device
 from tests.engine.test_scheduler import make_request
 
 
@@ -13,7 +13,8 @@ def test_a_mixed_batch_is_laid_out_flat():
     chunk = make_request("chunk", [21, 22, 23, 24, 25, 26])
     chunk.num_computed_tokens = 2  # a prefill chunk continuing a cached prefix: tokens 23, 24
     batch = SchedulerOutput(requests=[decoding, chunk], num_new_tokens=[1, 2], block_ids=[[7, 3], [5]])
-    inputs = prepare_inputs(batch, block_size=4, device=torch.device("cpu"))
+    layout = layout_step(batch, block_size=4)
+    inputs = to_device(layout, torch.device("cpu"))
     assert inputs.input_ids.tolist() == [15, 23, 24]
     assert inputs.positions.tolist() == [4, 2, 3]
     # position 4 of "decode" is slot 0 of its second block (3); "chunk" writes slots 2, 3 of block 5
@@ -23,4 +24,13 @@ def test_a_mixed_batch_is_laid_out_flat():
     assert inputs.metadata.query_start_loc.tolist() == [0, 1, 3]
     assert (inputs.metadata.max_query_len, inputs.metadata.max_seq_len) == (2, 5)
     # only "decode" reaches its last known token; "chunk" still has prompt left, so it does not sample
-    assert inputs.sampling_rows == [0] and inputs.sample_indices.tolist() == [0]
+    assert layout.sampling_rows == [0] and layout.sample_indices.tolist() == [0]
+    assert not layout.every_token_samples
+
+
+def test_in_a_decode_step_every_token_samples():
+    first, second = make_request("a", [1, 2, 3]), make_request("b", [4, 5])
+    first.num_computed_tokens, second.num_computed_tokens = 2, 1
+    layout = layout_step(SchedulerOutput([first, second], [1, 1], [[0], [1]]), block_size=4)
+    assert layout.every_token_samples and layout.sample_indices.tolist() == [0, 1]
+    assert (layout.max_query_len, layout.max_seq_len) == (1, 3)
