@@ -6,5 +6,16 @@ Import this package only where Triton is installed. To run the kernels on a CPU 
 
 from lmserve.kernels.kv_cache import reference_write_kv_cache, write_kv_cache
 from lmserve.kernels.paged_attention import paged_attention, reference_paged_attention
+from lmserve.kernels.rms_norm import reference_rms_norm, rms_norm
+from lmserve.kernels.rotary import reference_rotary_embedding, rotary_embedding
 
-__all__ = ["paged_attention", "reference_paged_attention", "reference_write_kv_cache", "write_kv_cache"]
+__all__ = [
+    "paged_attention",
+    "reference_paged_attention",
+    "reference_rms_norm",
+    "reference_rotary_embedding",
+    "reference_write_kv_cache",
+    "rms_norm",
+    "rotary_embedding",
+    "write_kv_cache",
+]

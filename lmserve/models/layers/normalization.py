@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import nn
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 class RMSNorm(nn.Module):
@@ -17,7 +21,14 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Normalise `x`; given `residual`, first add it and also return the sum as the new residual."""
+        """Normalise `x`; given `residual`, first add it and also return the sum as the new residual.
+
+        On CUDA one Triton launch does it all; the torch code below is the reference (and the CPU path).
+        """
+        if x.is_cuda and _HAS_TRITON:
+            from lmserve.kernels.rms_norm import rms_norm  # needs triton: import on demand
+
+            return rms_norm(x, self.weight, self.eps, residual)
         if residual is None:
             return self._normalize(x)
         x = x + residual

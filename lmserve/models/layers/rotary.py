@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -9,6 +10,8 @@ from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from lmserve.errors import UnsupportedArchitectureError
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def rope_settings(hf_config: Any) -> tuple[str, float]:
@@ -54,7 +57,15 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate flat [num_tokens, heads * head_dim] queries and keys; `positions` is [num_tokens]."""
+        """Rotate flat [num_tokens, heads * head_dim] queries and keys; `positions` is [num_tokens].
+
+        On CUDA one Triton launch rotates both in place; the torch code below is the reference (and the CPU path).
+        """
+        if query.is_cuda and _HAS_TRITON:
+            from lmserve.kernels.rotary import rotary_embedding  # needs triton: import on demand
+
+            rotary_embedding(positions, query, key, self.cos_cache, self.sin_cache)
+            return query, key
         # Cast like Hugging Face does, so that low-precision results match it.
         cos = self.cos_cache[positions].to(query.dtype)[:, None, :]
         sin = self.sin_cache[positions].to(query.dtype)[:, None, :]

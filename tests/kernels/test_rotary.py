@@ -1,0 +1,63 @@
+"""The rotary kernel rotates queries and keys in place exactly as the torch reference (the layer's CPU path) does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from lmserve.kernels.rotary import reference_rotary_embedding, rotary_embedding
+from lmserve.models.layers import RotaryEmbedding
+from tests.kernels.paged_batch import DEVICE
+
+TOLERANCES = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+POSITIONS = torch.tensor([0, 1, 7, 63, 64, 200, 255, 3])
+
+
+def make_rotary(head_dim: int) -> RotaryEmbedding:
+    config = LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, max_position_embeddings=256)
+    return RotaryEmbedding(config, head_dim)
+
+
+def random_tensor(*shape: int, dtype: torch.dtype, seed: int, device: str = DEVICE) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=generator) + 0.5).to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES))
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (3, 3, 24), (2, 5, 64)])
+def test_matches_reference(dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> None:
+    rotary, positions = make_rotary(head_dim).to(DEVICE), POSITIONS.to(DEVICE)
+    # Views of a fused QKV output: rows are strided, as in the model.
+    qkv = random_tensor(len(POSITIONS), (heads + 2 * kv_heads) * head_dim, dtype=dtype, seed=0)
+    query, key = qkv[:, : heads * head_dim], qkv[:, heads * head_dim : (heads + kv_heads) * head_dim]
+    value_before = qkv[:, (heads + kv_heads) * head_dim :].clone()
+    expected_query, expected_key = reference_rotary_embedding(positions, query, key, rotary.cos_cache, rotary.sin_cache)
+
+    rotary_embedding(positions, query, key, rotary.cos_cache, rotary.sin_cache)
+
+    tolerance = TOLERANCES[dtype]
+    torch.testing.assert_close(query, expected_query, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(key, expected_key, atol=tolerance, rtol=tolerance)
+    if dtype != torch.bfloat16:  # the interpreter truncates float32 to bfloat16; GPUs round to nearest
+        assert torch.equal(query, expected_query) and torch.equal(key, expected_key)
+    assert torch.equal(qkv[:, (heads + kv_heads) * head_dim :], value_before)  # values are left alone
+
+
+def test_reference_is_the_layer() -> None:
+    rotary = make_rotary(32)
+    # On the CPU: the layer's torch path.
+    query = random_tensor(len(POSITIONS), 4 * 32, dtype=torch.bfloat16, seed=1, device="cpu")
+    key = random_tensor(len(POSITIONS), 2 * 32, dtype=torch.bfloat16, seed=2, device="cpu")
+
+    expected = rotary(POSITIONS, query, key)
+    actual = reference_rotary_embedding(POSITIONS, query, key, rotary.cos_cache, rotary.sin_cache)
+
+    for tensor, reference in zip(actual, expected, strict=True):
+        assert torch.equal(tensor, reference)
+
+
+def test_rejects_queries_that_are_not_whole_heads() -> None:
+    rotary = make_rotary(16)
+    with pytest.raises(ValueError, match="not \\[tokens, heads"):
+        rotary_embedding(POSITIONS, torch.ones(8, 40), torch.ones(8, 32), rotary.cos_cache, rotary.sin_cache)
