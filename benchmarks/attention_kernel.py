@@ -1,0 +1,96 @@
+"""Decode attention kernel speed: time per call and KV bandwidth, against the device's copy bandwidth.
+
+    python -m benchmarks.attention_kernel --heads 16 --kv-heads 8 --batch-sizes 1 32 128 256 --context 512 2048
+
+Each request has one query token and `context` keys in randomly scattered cache blocks. The figure is the
+median over CUDA-event-timed calls; bandwidth counts each request's keys and values read once. As a
+reference of what a tuned kernel reaches, the same shapes also run through torch's SDPA on contiguous
+(unpaged) keys and values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.workloads import environment, measure_copy_bandwidth
+from lmserve.kernels import paged_attention
+
+
+def _median_ms(fn, iterations: int = 50) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(iterations):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _row(kernel: str, batch: int, context: int, ms: float, kv_bytes: int, bandwidth: float) -> dict:
+    return {"kernel": kernel, "batch": batch, "context": context, "ms": ms, "bytes_per_s": kv_bytes / ms * 1e3,
+            "of_copy_bandwidth": kv_bytes / ms * 1e3 / bandwidth}
+
+
+def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth: float) -> list[dict]:
+    """Rows for one (batch, context): the paged kernel at each block_n, then SDPA on contiguous keys."""
+    device = torch.device("cuda")
+    blocks_per_seq = -(-context // args.block_size)
+    num_blocks = batch * blocks_per_seq + 1
+    cache = torch.randn(2, num_blocks, args.block_size, args.kv_heads, args.head_dim, dtype=torch.bfloat16,
+                        device=device)
+    tables = torch.randperm(num_blocks - 1, device=device)[: batch * blocks_per_seq].view(batch, -1) + 1
+    seq_lens = torch.full((batch,), context, dtype=torch.int64, device=device)
+    query_start_loc = torch.arange(batch + 1, dtype=torch.int64, device=device)
+    query = torch.randn(batch, args.heads, args.head_dim, dtype=torch.bfloat16, device=device)
+    kv_bytes = 2 * batch * context * args.kv_heads * args.head_dim * 2
+    scale = args.head_dim**-0.5
+    rows = []
+    for block_n in args.block_n:
+        call = functools.partial(paged_attention, query, cache, tables, seq_lens, query_start_loc, 1, scale,
+                                 block_n=block_n)
+        rows.append(_row(f"paged_attention(block_n={block_n})", batch, context, _median_ms(call), kv_bytes, bandwidth))
+    del cache
+    keys = torch.randn(batch, args.kv_heads, context, args.head_dim, dtype=torch.bfloat16, device=device)
+    call = functools.partial(F.scaled_dot_product_attention, query[:, :, None, :], keys, torch.randn_like(keys),
+                             enable_gqa=True)
+    rows.append(_row("torch sdpa, contiguous", batch, context, _median_ms(call), kv_bytes, bandwidth))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 256])
+    parser.add_argument("--context", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--block-n", type=int, nargs="+", default=[None])
+    parser.add_argument("--out", default="benchmarks/results/attention-kernel.json")
+    args = parser.parse_args()
+
+    bandwidth = measure_copy_bandwidth()
+    rows = [row for context in args.context for batch in args.batch_sizes
+            for row in measure_shape(args, batch, context, bandwidth)]
+    print(f"{'kernel':<34} {'batch':>5} {'context':>7} {'ms':>8} {'GB/s':>7} {'of copy bw':>10}")
+    for row in rows:
+        print(f"{row['kernel']:<34} {row['batch']:>5} {row['context']:>7} {row['ms']:>8.3f} "
+              f"{row['bytes_per_s'] / 1e9:>7.0f} {row['of_copy_bandwidth']:>10.1%}")
+    report = {**environment(), "shape": vars(args), "bandwidth_bytes_per_s": bandwidth, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
