@@ -112,10 +112,14 @@ class CacheConfig:
 
 @dataclass
 class SchedulerConfig:
-    """Per-step limits of continuous batching: tokens computed per step and requests running at once."""
+    """Per-step limits of continuous batching: tokens computed per step and requests running at once.
+
+    `async_scheduling` overlaps the host's work for the next step with the device's work for this one.
+    """
 
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
+    async_scheduling: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:

@@ -63,6 +63,11 @@ class SamplingParams:
         """Temperatures this small would overflow the scaled logits; they mean greedy anyway."""
         return self.temperature < _GREEDY_TEMPERATURE
 
+    @property
+    def has_penalties(self) -> bool:
+        """Penalties read the tokens generated so far, so sampling must wait for the previous step."""
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
     def validate(self) -> None:
         """Raise InvalidRequestError naming the first invalid field."""
         checks = [

@@ -6,13 +6,19 @@ from lmserve.config import EngineConfig
 from lmserve.engine.kv_cache_manager import KVCacheManager
 from lmserve.engine.messages import EngineCoreOutput, EngineCoreRequest
 from lmserve.engine.request import Request
-from lmserve.engine.scheduler import Scheduler, SchedulerStats
+from lmserve.engine.scheduler import Scheduler, SchedulerOutput, SchedulerStats
 from lmserve.outputs import PositionLogprobs
-from lmserve.worker.model_runner import ModelRunner, PromptLogprobsChunk
+from lmserve.worker.model_runner import LaunchedStep, ModelRunner, PromptLogprobsChunk
 
 
 class EngineCore:
-    """Works on token ids only; tokenizing, detokenizing and stop strings belong to the frontend."""
+    """Works on token ids only; tokenizing, detokenizing and stop strings belong to the frontend.
+
+    With `async_scheduling`, a step's GPU work overlaps the host work around it: `step` launches step k,
+    and only then waits for step k-1's tokens and turns them into outputs, so the host schedules and
+    prepares while the device computes. Requests whose sampling reads their output tokens (penalties)
+    make the steps run one at a time while they are in the engine.
+    """
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -20,6 +26,7 @@ class EngineCore:
         num_blocks = self.runner.determine_num_blocks()
         self.runner.allocate_kv_cache(num_blocks)
         self.scheduler = Scheduler(config.scheduler, KVCacheManager(num_blocks, config.cache.block_size))
+        self._in_flight: tuple[SchedulerOutput, LaunchedStep] | None = None
 
     def add_request(self, core_request: EngineCoreRequest) -> None:
         self.scheduler.add_request(Request(core_request))
@@ -35,12 +42,33 @@ class EngineCore:
         return self.scheduler.stats()
 
     def step(self) -> list[EngineCoreOutput]:
-        """Run one iteration of continuous batching; return what each request got from it."""
+        """Run one iteration of continuous batching; return what requests got from the last finished step."""
+        outputs = []
+        if self._in_flight is not None and not self._overlaps():
+            outputs = self._complete()
         batch = self.scheduler.schedule()
-        result = self.runner.execute(batch)
+        launched = self.runner.launch(batch)
+        if self._in_flight is not None:
+            outputs += self._complete()
+        self._in_flight = (batch, launched)
+        if not self._overlaps():
+            outputs += self._complete()
+        return outputs
+
+    def _overlaps(self) -> bool:
+        return self.config.scheduler.async_scheduling and not self.scheduler.needs_output_history
+
+    def _complete(self) -> list[EngineCoreOutput]:
+        """Wait for the step in flight; advance its requests and report what they got."""
+        batch, launched = self._in_flight
+        self._in_flight = None
+        result = launched.result()
+        live = [not request.status.finished for request in batch.requests]  # finished ones drop their token
         self.scheduler.update_from_output(batch, result.sampled_token_ids)
         outputs = []
         for index, request in enumerate(batch.requests):
+            if not live[index]:
+                continue
             token = result.sampled_token_ids[index]
             prompt_logprobs = _new_prompt_logprobs(request, result.prompt_logprobs[index])
             if token is None and not prompt_logprobs:

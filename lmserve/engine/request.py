@@ -36,8 +36,11 @@ class Request:
     """One sequence being generated.
 
     The scheduler's single rule rests on two counts: `num_tokens` (prompt plus output so far) and
-    `num_computed_tokens` (those whose KV is in the cache). Prefill, chunked prefill, decode and
-    recompute after preemption are all "compute the tokens between the two".
+    `num_computed_tokens` (those whose KV is in the cache, or being computed by a step in flight).
+    Prefill, chunked prefill, decode and recompute after preemption are all "compute the tokens between
+    the two". With the step overlapped, a token sampled by the step in flight is not known yet: it is
+    counted in `num_pending_tokens` (0 or 1), and the next step can already compute it, since the model
+    runner feeds it from the device.
     """
 
     def __init__(self, core_request: EngineCoreRequest) -> None:
@@ -52,6 +55,7 @@ class Request:
         self.num_prompt_tokens = len(self.prompt_token_ids)
         self.token_ids = list(self.prompt_token_ids)  # prompt then output
         self.num_computed_tokens = 0
+        self.num_pending_tokens = 0
         self.num_cached_tokens = -1  # prefix-cache hit length at first schedule; -1 until then
         self.num_prompt_logprobs_sent = 0  # so recomputation after preemption does not repeat them
         self.block_hashes: list[bytes] = []
@@ -62,6 +66,10 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def num_tokens_with_pending(self) -> int:
+        return len(self.token_ids) + self.num_pending_tokens
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -81,6 +89,6 @@ class Request:
 
     def __repr__(self) -> str:
         return (
-            f"Request({self.request_id!r}, tokens={self.num_tokens}, computed={self.num_computed_tokens}, "
-            f"{self.status.name})"
+            f"Request({self.request_id!r}, tokens={self.num_tokens}, pending={self.num_pending_tokens}, "
+            f"computed={self.num_computed_tokens}, {self.status.name})"
         )

@@ -20,21 +20,22 @@ from lmserve.engine.scheduler_stats import SchedulerStats
 
 @dataclass
 class SchedulerOutput:
-    """The batch of one step, in the order the model runner lays out its tokens."""
+    """The batch of one step, in the order the model runner lays out its tokens.
+
+    Request i computes its tokens `num_computed_tokens[i]` to `num_computed_tokens[i] + num_new_tokens[i]`
+    (the counts as they were before this step) and samples a token if `samples[i]`.
+    """
 
     requests: list[Request]
     num_new_tokens: list[int]
+    num_computed_tokens: list[int]
+    samples: list[bool]
     block_ids: list[list[int]]
     finished_request_ids: set[str] = field(default_factory=set)  # left since the last step
 
     @property
     def total_num_tokens(self) -> int:
         return sum(self.num_new_tokens)
-
-    def samples(self, index: int) -> bool:
-        """Whether request `index` reaches its last known token this step, so a new token is sampled."""
-        request = self.requests[index]
-        return request.num_computed_tokens + self.num_new_tokens[index] == request.num_tokens
 
 
 class Scheduler:
@@ -48,9 +49,16 @@ class Scheduler:
         self.running: list[Request] = []
         self.finished_request_ids: set[str] = set()
         self.num_preemptions = 0
+        self._num_with_penalties = 0
+
+    @property
+    def needs_output_history(self) -> bool:
+        """Whether some request's sampling reads its output tokens, so every one must be known first."""
+        return self._num_with_penalties > 0
 
     def add_request(self, request: Request) -> None:
         self.requests[request.request_id] = request
+        self._num_with_penalties += request.sampling_params.has_penalties
         bisect.insort(self.waiting, request, key=_sort_key)
 
     def abort_request(self, request_id: str) -> Request | None:
@@ -72,12 +80,14 @@ class Scheduler:
         preempted = False
 
         # Running requests, decodes before prefill chunks, each side by priority and arrival.
-        for request in sorted(self.running, key=lambda r: r.num_tokens - r.num_computed_tokens > 1):
+        for request in sorted(self.running, key=lambda r: r.num_tokens_with_pending - r.num_computed_tokens > 1):
             if budget == 0:
                 break
             if request.status != RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = min(request.num_tokens_with_pending - request.num_computed_tokens, budget)
+            if num_new == 0 or request.num_output_tokens + request.num_pending_tokens >= request.max_tokens:
+                continue  # its last token is being sampled by the step in flight
             while not self.kv_cache.allocate(request, num_new):
                 victim = self.running[-1]
                 budget += scheduled.pop(victim.request_id, 0)
@@ -94,7 +104,7 @@ class Scheduler:
             request = self.waiting[0]
             cached = self.kv_cache.find_cached_prefix(request)
             num_cached = len(cached) * self.kv_cache.block_size
-            num_new = min(request.num_tokens - num_cached, budget)
+            num_new = min(request.num_tokens_with_pending - num_cached, budget)
             if not self.kv_cache.allocate(request, num_new, cached):
                 break
             self.waiting.pop(0)
@@ -109,9 +119,19 @@ class Scheduler:
             budget -= num_new
 
         requests = [self.requests[request_id] for request_id in scheduled]
+        num_computed = [request.num_computed_tokens for request in requests]
+        samples = []
+        for request, num_new in zip(requests, scheduled.values(), strict=True):
+            # Computed as soon as scheduled: the next step may be scheduled before this one's result is in.
+            request.num_computed_tokens += num_new
+            reaches_end = request.num_computed_tokens == request.num_tokens_with_pending
+            samples.append(reaches_end)
+            request.num_pending_tokens += reaches_end
         output = SchedulerOutput(
             requests=requests,
             num_new_tokens=list(scheduled.values()),
+            num_computed_tokens=num_computed,
+            samples=samples,
             block_ids=[self.kv_cache.block_ids(request_id) for request_id in scheduled],
             finished_request_ids=self.finished_request_ids,
         )
@@ -119,18 +139,23 @@ class Scheduler:
         return output
 
     def update_from_output(self, output: SchedulerOutput, sampled: list[int | None]) -> list[Request]:
-        """Advance each scheduled request by what the step computed and sampled; return those that finished."""
+        """Give each request the token its step sampled; return those that finished.
+
+        A request may have been preempted since (its token is kept for the recompute) or finished (the
+        token is dropped): with steps overlapped, the next step was scheduled before this result came.
+        """
         finished = []
-        for request, num_new, token in zip(output.requests, output.num_new_tokens, sampled, strict=True):
-            if request.status != RequestStatus.RUNNING:
-                continue  # aborted while the step ran
-            request.num_computed_tokens += num_new
+        for request, token in zip(output.requests, sampled, strict=True):
             if token is None:
+                continue
+            request.num_pending_tokens -= 1
+            if request.status.finished:
                 continue
             request.append_token(token)
             status = _stop_status(request, token)
             if status is not None:
-                self.running.remove(request)
+                queue = self.running if request.status == RequestStatus.RUNNING else self.waiting
+                queue.remove(request)
                 self._finish(request, status)
                 finished.append(request)
         return finished
@@ -160,6 +185,7 @@ class Scheduler:
         self.kv_cache.free(request)
         request.status = status
         del self.requests[request.request_id]
+        self._num_with_penalties -= request.sampling_params.has_penalties
         self.finished_request_ids.add(request.request_id)
 
 

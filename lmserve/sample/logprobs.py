@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from lmserve.outputs import Logprob, PositionLogprobs
+from lmserve.worker.staging import start_copy_to_host
 
 
 @dataclass
@@ -19,6 +20,10 @@ class LogprobsTensors:
     token_ids: torch.Tensor  # [rows, 1 + k] int64: column 0 the chosen token, then the top k
     logprobs: torch.Tensor  # [rows, 1 + k] float32
     ranks: torch.Tensor  # [rows] int64: rank of column 0's token, 1 = most likely
+
+    def to_host(self) -> LogprobsTensors:
+        """Start copying to the host without waiting (see `start_copy_to_host`)."""
+        return LogprobsTensors(*map(start_copy_to_host, (self.token_ids, self.logprobs, self.ranks)))
 
 
 def compute_logprobs(logprobs: torch.Tensor, target_ids: torch.Tensor, num_top: int) -> LogprobsTensors:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from lmserve.errors import InvalidRequestError
 from lmserve.sample.penalties import Penalties
 from lmserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from lmserve.worker.staging import HostToDevice
 
 
 @dataclass
@@ -25,16 +30,16 @@ class LogitAdditions:
     values: torch.Tensor  # [n] float32
 
     @classmethod
-    def build(cls, per_row: list[dict[int, float]], device: torch.device | str) -> LogitAdditions | None:
-        """None when no row adds anything, so the sampler skips the step."""
+    def build(cls, per_row: list[dict[int, float]]) -> LogitAdditions | None:
+        """On the host; None when no row adds anything, so the sampler skips the step."""
         entries = [(row, token, value) for row, additions in enumerate(per_row) for token, value in additions.items()]
         if not entries:
             return None
         rows, tokens, values = zip(*entries, strict=True)
         return cls(
-            row_indices=torch.tensor(rows, dtype=torch.int64, device=device),
-            token_ids=torch.tensor(tokens, dtype=torch.int64, device=device),
-            values=torch.tensor(values, dtype=torch.float32, device=device),
+            row_indices=torch.tensor(rows, dtype=torch.int64),
+            token_ids=torch.tensor(tokens, dtype=torch.int64),
+            values=torch.tensor(values, dtype=torch.float32),
         )
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
@@ -46,11 +51,12 @@ class LogitAdditions:
 class SamplingMetadata:
     """Everything the Sampler needs for one step, one row per request; built once per step.
 
-    Optional parts are None when no row needs them, so the sampler skips work nobody asked for.
+    Optional parts are None when no row needs them, so the sampler skips work nobody asked for. `build`
+    makes the per-row tensors on the host; `to_device` moves them without making the host wait.
     """
 
     temperature: torch.Tensor | None  # [rows] float32; 1.0 where off and on greedy rows
-    greedy: torch.Tensor  # [rows] bool
+    greedy: torch.Tensor | None  # [rows] bool; None when every row is greedy or none is
     all_greedy: bool
     all_random: bool
     top_k: torch.Tensor | None  # [rows] int64; vocab_size where off
@@ -68,27 +74,35 @@ class SamplingMetadata:
         params: list[SamplingParams],
         prompt_token_ids: list[list[int]],
         output_token_ids: list[list[int]],
+        num_output_tokens: list[int],
         eos_token_ids: list[tuple[int, ...]],
         generators: list[torch.Generator | None],
         vocab_size: int,
         device: torch.device | str,
     ) -> SamplingMetadata:
-        """Collect the batch's options; `generators[i]` is request i's generator if it has a seed."""
+        """Collect the batch's options; `generators[i]` is request i's generator if it has a seed.
+
+        `num_output_tokens[i]` counts the outputs before this step's token (for min_tokens). Only penalties
+        read `output_token_ids`, and they are built on `device` at once: they need every output known.
+        """
         greedy = [p.greedy for p in params]
+        all_greedy, all_random = all(greedy), not any(greedy)
 
         def random_rows_column(values: list[float], off: float, dtype: torch.dtype) -> torch.Tensor | None:
             """A [rows] tensor, or None when no row turns the option on; greedy rows never use it."""
+            if all_greedy:
+                return None
             values = [off if is_greedy else value for is_greedy, value in zip(greedy, values, strict=True)]
             if all(value == off for value in values):
                 return None
-            return torch.tensor(values, dtype=dtype, device=device)
+            return torch.tensor(values, dtype=dtype)
 
         top_k = [vocab_size if p.top_k == -1 else min(p.top_k, vocab_size) for p in params]
         return cls(
             temperature=random_rows_column([p.temperature for p in params], off=1.0, dtype=torch.float32),
-            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
-            all_greedy=all(greedy),
-            all_random=not any(greedy),
+            greedy=None if all_greedy or all_random else torch.tensor(greedy, dtype=torch.bool),
+            all_greedy=all_greedy,
+            all_random=all_random,
             top_k=random_rows_column(top_k, off=vocab_size, dtype=torch.int64),
             top_p=random_rows_column([p.top_p for p in params], off=1.0, dtype=torch.float32),
             min_p=random_rows_column([p.min_p for p in params], off=0.0, dtype=torch.float32),
@@ -97,17 +111,33 @@ class SamplingMetadata:
                 for row, (p, generator) in enumerate(zip(params, generators, strict=True))
                 if generator is not None and not p.greedy
             },
-            logit_bias=LogitAdditions.build([_checked_logit_bias(p, vocab_size) for p in params], device),
+            logit_bias=LogitAdditions.build([_checked_logit_bias(p, vocab_size) for p in params]),
             min_tokens_mask=LogitAdditions.build(
                 [
-                    _min_tokens_mask(p, len(output), eos, vocab_size)
-                    for p, output, eos in zip(params, output_token_ids, eos_token_ids, strict=True)
-                ],
-                device,
+                    _min_tokens_mask(p, num_outputs, eos, vocab_size)
+                    for p, num_outputs, eos in zip(params, num_output_tokens, eos_token_ids, strict=True)
+                ]
             ),
             penalties=Penalties.build(params, prompt_token_ids, output_token_ids, vocab_size, device),
             max_num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=None),
         )
+
+    def to_device(self, move: HostToDevice) -> SamplingMetadata:
+        """The same metadata with its host tensors on the device, moved in one asynchronous copy."""
+        columns = ("temperature", "greedy", "top_k", "top_p", "min_p")
+        additions = ("logit_bias", "min_tokens_mask")
+        host = [getattr(self, name) for name in columns]
+        for name in additions:
+            part = getattr(self, name)
+            host += [None] * 3 if part is None else [part.row_indices, part.token_ids, part.values]
+        present = [tensor for tensor in host if tensor is not None]
+        moved = iter(move.move([tensor.numpy() for tensor in present]))
+        on_device = [None if tensor is None else next(moved) for tensor in host]
+        changes = dict(zip(columns, on_device[: len(columns)], strict=True))
+        for index, name in enumerate(additions):
+            parts = on_device[len(columns) + 3 * index : len(columns) + 3 * index + 3]
+            changes[name] = None if parts[0] is None else LogitAdditions(*parts)
+        return dataclasses.replace(self, **changes)
 
 
 def _checked_logit_bias(params: SamplingParams, vocab_size: int) -> dict[int, float]:

@@ -34,7 +34,7 @@ class Penalties:
         device: torch.device | str,
     ) -> Penalties | None:
         """None when no row has a penalty, so the sampler skips counting tokens altogether."""
-        if all(_is_neutral(p) for p in params):
+        if not any(p.has_penalties for p in params):
             return None
         # Only repetition_penalty reads the prompt; leaving other rows' prompts out keeps the scatter small.
         prompts = [ids if p.repetition_penalty != 1.0 else [] for p, ids in zip(params, prompt_token_ids, strict=True)]
@@ -57,10 +57,6 @@ class Penalties:
         repeated = torch.where(logits > 0, logits / repetition, logits * repetition)
         logits = torch.where(self.prompt_mask | in_output, repeated, logits)
         return logits - self.frequency[:, None] * self.output_counts - self.presence[:, None] * in_output
-
-
-def _is_neutral(params: SamplingParams) -> bool:
-    return params.repetition_penalty == 1.0 and params.frequency_penalty == 0.0 and params.presence_penalty == 0.0
 
 
 def _token_counts(token_ids: list[list[int]], vocab_size: int, device: torch.device | str) -> torch.Tensor:

@@ -1,11 +1,12 @@
 """Builds one step's flat model inputs from the scheduled requests, vectorised over tokens.
 
-`layout_step` does the work on the host (numpy); `to_device` moves the result for an eager forward, and
-the CUDA graph path (`cuda_graphs.py`) copies the same arrays into its static buffers instead.
+`layout_step` does the work on the host (numpy); `to_device` moves the result to the device, where an
+eager forward reads it directly and a CUDA graph (`cuda_graphs.py`) copies it into its static buffers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,11 +14,20 @@ import torch
 
 from lmserve.attention import AttentionMetadata
 from lmserve.engine.scheduler import SchedulerOutput
+from lmserve.worker.staging import HostToDevice
+
+# A padding row: token 0 at position 0, no cache write (slot -1), a context of one key in block 0.
+PAD_TOKEN_ID, PAD_POSITION, PAD_SLOT, PAD_SEQ_LEN = 0, 0, -1, 1
 
 
 @dataclass
 class StepLayout:
-    """One step's inputs as host arrays; `sample_indices` are the flat rows whose logits get sampled."""
+    """One step's inputs as host arrays; `sample_indices` are the flat rows whose logits get sampled.
+
+    A token the previous step sampled but the host does not know yet is 0 in `token_ids`: the model
+    runner writes it on the device at flat index `pending_indices[j]`, from row `pending_rows[j]` of the
+    previous step's sampled tokens.
+    """
 
     token_ids: np.ndarray  # [num_tokens] int64
     positions: np.ndarray  # [num_tokens] int64
@@ -27,6 +37,8 @@ class StepLayout:
     query_start_loc: np.ndarray  # [num_requests + 1] int64
     sample_indices: np.ndarray  # [len(sampling_rows)] int64
     sampling_rows: list[int]  # which scheduled requests sample this step, in `sample_indices` order
+    pending_indices: np.ndarray  # [num_pending] int64
+    pending_request_ids: list[str]  # whose pending token goes at each of `pending_indices`
 
     @property
     def num_requests(self) -> int:
@@ -45,14 +57,37 @@ class StepLayout:
         return int(self.seq_lens.max())
 
     @property
+    def is_decode_only(self) -> bool:
+        return self.num_tokens == self.num_requests
+
+    @property
     def every_token_samples(self) -> bool:
         """True when each request computes one token and samples it, so `sample_indices` is 0, 1, ..."""
         return len(self.sampling_rows) == self.num_tokens
 
+    def padded(self, num_requests: int) -> StepLayout:
+        """A decode-only layout with padding requests appended up to `num_requests` (for a CUDA graph)."""
+        pad = num_requests - self.num_requests
+        if pad == 0:
+            return self
+
+        def extend(array: np.ndarray, value: int) -> np.ndarray:
+            return np.concatenate([array, np.full((pad, *array.shape[1:]), value, dtype=array.dtype)])
+
+        return dataclasses.replace(
+            self,
+            token_ids=extend(self.token_ids, PAD_TOKEN_ID),
+            positions=extend(self.positions, PAD_POSITION),
+            slot_mapping=extend(self.slot_mapping, PAD_SLOT),
+            block_tables=extend(self.block_tables, 0),
+            seq_lens=extend(self.seq_lens, PAD_SEQ_LEN),
+            query_start_loc=np.arange(num_requests + 1, dtype=np.int64),
+        )
+
 
 @dataclass
 class StepInputs:
-    """The device tensors of one eager forward pass."""
+    """The device tensors of one forward pass."""
 
     input_ids: torch.Tensor
     positions: torch.Tensor
@@ -67,15 +102,23 @@ def layout_step(batch: SchedulerOutput, block_size: int) -> StepLayout:
     """
     num_requests = len(batch.requests)
     query_lens = np.asarray(batch.num_new_tokens, dtype=np.int64)
-    starts = np.fromiter((r.num_computed_tokens for r in batch.requests), dtype=np.int64, count=num_requests)
+    starts = np.asarray(batch.num_computed_tokens, dtype=np.int64)
     seq_lens = starts + query_lens
     query_start_loc = np.zeros(num_requests + 1, dtype=np.int64)
     np.cumsum(query_lens, out=query_start_loc[1:])
     num_tokens = int(query_start_loc[-1])
 
-    token_ids = np.concatenate(
-        [np.asarray(r.token_ids[s:e], dtype=np.int64) for r, s, e in zip(batch.requests, starts, seq_lens, strict=True)]
-    )
+    token_ids = np.zeros(num_tokens, dtype=np.int64)
+    pending_indices = []
+    pending_request_ids = []
+    firsts = query_start_loc[:-1].tolist()
+    for request, first, start, end in zip(batch.requests, firsts, starts.tolist(), seq_lens.tolist(), strict=True):
+        known_end = min(end, request.num_tokens)
+        if known_end > start:
+            token_ids[first : first + known_end - start] = request.token_ids[start:known_end]
+        if known_end < end:  # the last token is the pending one (there is at most one)
+            pending_indices.append(first + end - start - 1)
+            pending_request_ids.append(request.request_id)
     owner = np.repeat(np.arange(num_requests), query_lens)
     positions = np.arange(num_tokens, dtype=np.int64) - query_start_loc[owner] + starts[owner]
 
@@ -85,7 +128,7 @@ def layout_step(batch: SchedulerOutput, block_size: int) -> StepLayout:
         block_tables[row, : len(ids)] = ids
     slot_mapping = block_tables[owner, positions // block_size] * block_size + positions % block_size
 
-    sampling_rows = [i for i in range(num_requests) if batch.samples(i)]
+    sampling_rows = [i for i, samples in enumerate(batch.samples) if samples]
     sample_indices = query_start_loc[1:][sampling_rows] - 1
     return StepLayout(
         token_ids=token_ids,
@@ -96,26 +139,23 @@ def layout_step(batch: SchedulerOutput, block_size: int) -> StepLayout:
         query_start_loc=query_start_loc,
         sample_indices=sample_indices,
         sampling_rows=sampling_rows,
+        pending_indices=np.asarray(pending_indices, dtype=np.int64),
+        pending_request_ids=pending_request_ids,
     )
 
 
-def to_device(layout: StepLayout, device: torch.device) -> StepInputs:
-    """Copy a layout's arrays to `device` for an eager forward (no host synchronisation)."""
-
-    def move(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(device, non_blocking=True)
-
+def to_device(layout: StepLayout, move: HostToDevice) -> StepInputs:
+    """Move a layout's arrays to the device in one asynchronous copy."""
+    input_ids, positions, slot_mapping, block_tables, seq_lens, query_start_loc = move.move(
+        [layout.token_ids, layout.positions, layout.slot_mapping, layout.block_tables, layout.seq_lens,
+         layout.query_start_loc]
+    )
     metadata = AttentionMetadata(
-        slot_mapping=move(layout.slot_mapping),
-        block_tables=move(layout.block_tables),
-        seq_lens=move(layout.seq_lens),
-        query_start_loc=move(layout.query_start_loc),
+        slot_mapping=slot_mapping,
+        block_tables=block_tables,
+        seq_lens=seq_lens,
+        query_start_loc=query_start_loc,
         max_query_len=layout.max_query_len,
         max_seq_len=layout.max_seq_len,
     )
-    return StepInputs(input_ids=move(layout.token_ids), positions=move(layout.positions), metadata=metadata)
-
-
-def prepare_inputs(batch: SchedulerOutput, block_size: int, device: torch.device) -> StepInputs:
-    """`layout_step` then `to_device`: the eager path's inputs in one call."""
-    return to_device(layout_step(batch, block_size), device)
+    return StepInputs(input_ids=input_ids, positions=positions, metadata=metadata)

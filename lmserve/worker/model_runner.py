@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from lmserve.attention import Attention, AttentionBackend, TorchAttentionBackend
@@ -12,9 +13,10 @@ from lmserve.engine.scheduler import SchedulerOutput
 from lmserve.errors import ConfigError
 from lmserve.models import load_model
 from lmserve.outputs import PositionLogprobs
-from lmserve.sample import Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
+from lmserve.sample import LogprobsTensors, Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
 from lmserve.worker.cuda_graphs import DecodeGraphs, capture_sizes
 from lmserve.worker.input_preparation import StepLayout, layout_step, to_device
+from lmserve.worker.staging import HostToDevice, start_copy_to_host
 
 
 @dataclass
@@ -34,11 +36,57 @@ class ModelRunnerOutput:
     prompt_logprobs: list[PromptLogprobsChunk | None]
 
 
+@dataclass
+class _PromptLogprobsPart:
+    index: int  # of the request in the batch
+    first_index: int
+    num_top: int
+    tensors: LogprobsTensors  # on the host, being copied
+
+
+@dataclass
+class LaunchedStep:
+    """A step whose work is queued on the device and whose results are being copied to the host.
+
+    `result()` waits for that copy only, not for steps launched after this one.
+    """
+
+    num_requests: int
+    sampling_rows: list[int] = field(default_factory=list)
+    num_logprobs: list[int | None] = field(default_factory=list)  # per sampling row
+    sampled: torch.Tensor | None = None  # [len(sampling_rows)] on the host
+    logprobs: LogprobsTensors | None = None
+    prompt_logprobs: list[_PromptLogprobsPart] = field(default_factory=list)
+    copied: torch.cuda.Event | None = None
+
+    def result(self) -> ModelRunnerOutput:
+        if self.copied is not None:
+            self.copied.synchronize()
+        sampled: list[int | None] = [None] * self.num_requests
+        logprobs: list[PositionLogprobs | None] = [None] * self.num_requests
+        if self.sampled is not None:
+            for index, token in zip(self.sampling_rows, self.sampled.tolist(), strict=True):
+                sampled[index] = token
+        if self.logprobs is not None:
+            positions = to_position_logprobs(self.logprobs, [n or 0 for n in self.num_logprobs])
+            for index, wanted, position in zip(self.sampling_rows, self.num_logprobs, positions, strict=True):
+                if wanted is not None:
+                    logprobs[index] = position
+        prompt_logprobs: list[PromptLogprobsChunk | None] = [None] * self.num_requests
+        for part in self.prompt_logprobs:
+            rows = part.tensors.ranks.shape[0]
+            positions = to_position_logprobs(part.tensors, [part.num_top] * rows)
+            prompt_logprobs[part.index] = PromptLogprobsChunk(part.first_index, positions)
+        return ModelRunnerOutput(sampled, logprobs, prompt_logprobs)
+
+
 class ModelRunner:
     """Holds the model, its paged KV cache and the sampler; keeps each seeded request's generator.
 
-    On CUDA with the Triton backend, decode-only steps replay CUDA graphs captured when the cache is
-    allocated (unless `enforce_eager`); every other step runs the model eagerly.
+    `launch` queues a step's work without waiting for the device, so the engine can prepare the next
+    step meanwhile. A token sampled by one step is fed to the next on the device: the host need not know
+    it yet. On CUDA with the Triton backend, decode-only steps replay CUDA graphs captured when the cache
+    is allocated (unless `enforce_eager`); every other step runs the model eagerly.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -55,9 +103,13 @@ class ModelRunner:
         )
         self.backend = _attention_backend(config.runner.attention_backend)
         self.sampler = Sampler()
+        self.staging = HostToDevice(self.device)
         self.generators: dict[str, torch.Generator] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.decode_graphs: DecodeGraphs | None = None
+        # The tokens the last launched step sampled (on the device), and each sampling request's row.
+        self._last_sampled: torch.Tensor | None = None
+        self._last_sample_rows: dict[str, int] = {}
 
     @property
     def kv_cache_block_bytes(self) -> int:
@@ -114,77 +166,86 @@ class ModelRunner:
             self.decode_graphs = DecodeGraphs(self.model, sizes, max_blocks_per_seq, block_size, self.device)
             self.decode_graphs.capture()
 
-    @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> ModelRunnerOutput:
+        """Run a step and wait for its results."""
+        return self.launch(batch).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: SchedulerOutput) -> LaunchedStep:
+        """Queue the step's forward pass, sampling and result copies; return without waiting for them."""
         for request_id in batch.finished_request_ids:
             self.generators.pop(request_id, None)
-        num_requests = len(batch.requests)
-        if num_requests == 0:
-            return ModelRunnerOutput([], [], [])
+        step = LaunchedStep(num_requests=len(batch.requests))
+        if not batch.requests:
+            return step
         layout = layout_step(batch, self.config.cache.block_size)
         hidden = self._forward(layout)
-
-        sampled: list[int | None] = [None] * num_requests
-        logprobs: list[PositionLogprobs | None] = [None] * num_requests
+        self._last_sample_rows = {}
         if layout.sampling_rows:
-            self._sample(batch, layout, hidden, sampled, logprobs)
-        prompt_logprobs = [self._prompt_logprobs(batch, layout, hidden, i) for i in range(num_requests)]
-        return ModelRunnerOutput(sampled, logprobs, prompt_logprobs)
+            self._sample(batch, layout, hidden, step)
+        for index in range(len(batch.requests)):
+            self._prompt_logprobs(batch, layout, hidden, index, step)
+        if self.device.type == "cuda":
+            step.copied = torch.cuda.Event()
+            step.copied.record()
+        return step
 
     def _forward(self, layout: StepLayout) -> torch.Tensor:
         """Hidden states [num_tokens, hidden]: a graph replay for decode-only steps, else an eager forward."""
-        if self.decode_graphs is not None and self.decode_graphs.can_run(layout):
-            return self.decode_graphs.run(layout)
-        inputs = to_device(layout, self.device)
+        graph_size = None if self.decode_graphs is None else self.decode_graphs.graph_size(layout)
+        inputs = to_device(layout if graph_size is None else layout.padded(graph_size), self.staging)
+        if layout.pending_request_ids:
+            rows = np.array([self._last_sample_rows[request_id] for request_id in layout.pending_request_ids])
+            destinations, sources = self.staging.move([layout.pending_indices, rows])
+            inputs.input_ids[destinations] = self._last_sampled[sources]
+        if graph_size is not None:
+            return self.decode_graphs.run(inputs)[: layout.num_tokens]
         return self.model(inputs.input_ids, inputs.positions, inputs.metadata)
 
-    def _sample(
-        self,
-        batch: SchedulerOutput,
-        layout: StepLayout,
-        hidden: torch.Tensor,
-        sampled: list[int | None],
-        logprobs: list[PositionLogprobs | None],
-    ) -> None:
+    def _sample(self, batch: SchedulerOutput, layout: StepLayout, hidden: torch.Tensor, step: LaunchedStep) -> None:
         requests = [batch.requests[i] for i in layout.sampling_rows]
         if not layout.every_token_samples:
-            hidden = hidden[torch.from_numpy(layout.sample_indices).to(self.device, non_blocking=True)]
+            (indices,) = self.staging.move([layout.sample_indices])
+            hidden = hidden[indices]
         logits = self.model.compute_logits(hidden)
         metadata = SamplingMetadata.build(
             params=[r.sampling_params for r in requests],
             prompt_token_ids=[r.prompt_token_ids for r in requests],
             output_token_ids=[r.output_token_ids for r in requests],
+            # The token sampled now follows every computed one: count the outputs before it.
+            num_output_tokens=[
+                batch.num_computed_tokens[i] + batch.num_new_tokens[i] - batch.requests[i].num_prompt_tokens
+                for i in layout.sampling_rows
+            ],
             eos_token_ids=[r.eos_token_ids for r in requests],
             generators=[self._generator(r.request_id, r.sampling_params.seed) for r in requests],
             vocab_size=logits.shape[-1],
             device=self.device,
-        )
+        ).to_device(self.staging)
         output = self.sampler(logits, metadata)
-        token_ids = output.sampled_token_ids.tolist()
-        wanted = [r.sampling_params.logprobs for r in requests]
-        positions = None
+        self._last_sampled = output.sampled_token_ids
+        self._last_sample_rows = {r.request_id: row for row, r in enumerate(requests)}
+        step.sampling_rows = layout.sampling_rows
+        step.num_logprobs = [r.sampling_params.logprobs for r in requests]
+        step.sampled = start_copy_to_host(output.sampled_token_ids)
         if output.logprobs is not None:
-            positions = to_position_logprobs(output.logprobs, [n or 0 for n in wanted])
-        for row, index in enumerate(layout.sampling_rows):
-            sampled[index] = token_ids[row]
-            if positions is not None and wanted[row] is not None:
-                logprobs[index] = positions[row]
+            step.logprobs = output.logprobs.to_host()
 
     def _prompt_logprobs(
-        self, batch: SchedulerOutput, layout: StepLayout, hidden: torch.Tensor, index: int
-    ) -> PromptLogprobsChunk | None:
+        self, batch: SchedulerOutput, layout: StepLayout, hidden: torch.Tensor, index: int, step: LaunchedStep
+    ) -> None:
         """Logprobs of the prompt tokens this chunk predicts: position p's logits score token p + 1."""
         request = batch.requests[index]
         num_top = request.sampling_params.prompt_logprobs
-        start = request.num_computed_tokens
+        start = batch.num_computed_tokens[index]
         end = min(start + batch.num_new_tokens[index], request.num_prompt_tokens - 1)
         if num_top is None or start >= end:
-            return None
+            return
         first_row = int(layout.query_start_loc[index])
         logits = self.model.compute_logits(hidden[first_row : first_row + end - start])
-        targets = torch.tensor(request.token_ids[start + 1 : end + 1], device=self.device)
+        (targets,) = self.staging.move([np.asarray(request.token_ids[start + 1 : end + 1], dtype=np.int64)])
         tensors = compute_logprobs(torch.log_softmax(logits, dim=-1), targets, num_top)
-        return PromptLogprobsChunk(start + 1, to_position_logprobs(tensors, [num_top] * (end - start)))
+        step.prompt_logprobs.append(_PromptLogprobsPart(index, start + 1, num_top, tensors.to_host()))
 
     def _generator(self, request_id: str, seed: int | None) -> torch.Generator | None:
         if seed is None:

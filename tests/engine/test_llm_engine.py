@@ -76,3 +76,56 @@ def test_higher_priority_waiting_requests_are_admitted_first(tiny_models):
     assert stats.num_waiting == 3 and stats.num_running == 0
     finished_order = [output.request_id for output in run_to_completion(engine) if output.finished]
     assert finished_order == ["urgent", "normal", "later"]
+
+
+def overlap_workload() -> list[tuple[list[int], SamplingParams]]:
+    """Requests touching every sampling feature whose state spans steps."""
+    return [
+        (list(range(3, 40)), SamplingParams(temperature=0.0, max_tokens=9, ignore_eos=True)),
+        (list(range(5, 12)), SamplingParams(temperature=1.0, seed=7, max_tokens=12, ignore_eos=True)),
+        (list(range(7, 30)), SamplingParams(temperature=0.0, max_tokens=6, min_tokens=4, logprobs=2)),
+        (list(range(9, 14)), SamplingParams(temperature=0.8, top_k=5, seed=3, max_tokens=7, stop_token_ids=[17])),
+        (list(range(4, 60)), SamplingParams(temperature=0.0, max_tokens=3, prompt_logprobs=1, ignore_eos=True)),
+    ]
+
+
+def generate_all(tiny_models, requests, **options) -> dict:
+    engine = LLMEngine.from_options(
+        str(tiny_models.get("llama")), dtype="float32", skip_tokenizer_init=True, max_num_batched_tokens=24,
+        **options,
+    )
+    for index, (prompt, params) in enumerate(requests):
+        engine.add_request(str(index), prompt, params)
+    finals = {output.request_id: output for output in run_to_completion(engine) if output.finished}
+    assert engine.stats().num_used_blocks == 0
+    return {
+        request_id: (
+            output.outputs[0].token_ids,
+            output.outputs[0].finish_reason,
+            output.outputs[0].logprobs,
+            output.prompt_logprobs,
+        )
+        for request_id, output in finals.items()
+    }
+
+
+@pytest.mark.parametrize("with_penalties", [False, True])
+def test_overlapped_steps_give_the_same_outputs_as_steps_one_at_a_time(tiny_models, with_penalties):
+    requests = overlap_workload()
+    if with_penalties:  # penalties read every output token: the engine then steps one at a time
+        requests.append((list(range(3, 9)), SamplingParams(temperature=0.0, max_tokens=8, repetition_penalty=1.5,
+                                                           frequency_penalty=0.5, ignore_eos=True)))
+    overlapped = generate_all(tiny_models, requests)
+    one_at_a_time = generate_all(tiny_models, requests, async_scheduling=False)
+    assert overlapped == one_at_a_time
+    assert len(overlapped[str(2)][0]) >= 4  # min_tokens held
+
+
+def test_overlapped_steps_report_a_step_once_the_next_is_launched(tiny_models):
+    engine = LLMEngine.from_options(str(tiny_models.get("llama")), dtype="float32", skip_tokenizer_init=True)
+    engine.add_request("a", [3, 4, 5], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True,
+                                                      output_kind=RequestOutputKind.DELTA))
+    per_step = [len(engine.step()) for _ in range(4)]
+    # Step 1 launches the prefill; each later step launches one more and reports the one before. The
+    # fourth launches nothing, since the third token is already being sampled.
+    assert per_step == [0, 1, 1, 1] and not engine.has_unfinished_requests()

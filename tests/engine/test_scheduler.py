@@ -29,23 +29,47 @@ class FakeRunner:
         self.block_size = block_size
         self.slots = np.full((num_blocks * block_size, 2), -1)
         self.rng = random.Random(seed)
+        self.last_sampled: dict[str, int] = {}  # like the device, it knows tokens the scheduler does not yet
+
+    def token_at(self, request: Request, position: int) -> int:
+        if position < request.num_tokens:
+            return request.token_ids[position]
+        assert position == request.num_tokens, "at most one token may be pending"
+        return self.last_sampled[request.request_id]
 
     def slot(self, block_ids: list[int], position: int) -> int:
         return block_ids[position // self.block_size] * self.block_size + position % self.block_size
 
     def execute(self, batch: SchedulerOutput) -> list[int | None]:
-        for request, num_new, block_ids in zip(batch.requests, batch.num_new_tokens, batch.block_ids, strict=True):
-            for position in range(request.num_computed_tokens, request.num_computed_tokens + num_new):
-                self.slots[self.slot(block_ids, position)] = (request.token_ids[position], position)
+        steps = list(zip(batch.requests, batch.num_computed_tokens, batch.num_new_tokens, batch.block_ids, strict=True))
+        for request, start, num_new, block_ids in steps:
+            for position in range(start, start + num_new):
+                self.slots[self.slot(block_ids, position)] = (self.token_at(request, position), position)
         sampled = []
-        for index, (request, num_new, block_ids) in enumerate(
-            zip(batch.requests, batch.num_new_tokens, batch.block_ids, strict=True)
-        ):
-            for position in range(request.num_computed_tokens + num_new):
+        for (request, start, num_new, block_ids), samples in zip(steps, batch.samples, strict=True):
+            for position in range(start + num_new):
                 token, written_at = self.slots[self.slot(block_ids, position)]
-                assert (token, written_at) == (request.token_ids[position], position), (request, position)
-            sampled.append(self.rng.randrange(0, 6) if batch.samples(index) else None)
+                assert (token, written_at) == (self.token_at(request, position), position), (request, position)
+            sampled.append(self.rng.randrange(0, 6) if samples else None)
+        self.last_sampled = {r.request_id: t for r, t in zip(batch.requests, sampled, strict=True) if t is not None}
         return sampled
+
+
+class OverlappedSteps:
+    """Steps as the engine core does with async scheduling: step k is scheduled and run before step k-1's
+    tokens reach the scheduler."""
+
+    def __init__(self, scheduler: Scheduler, runner: FakeRunner) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.in_flight: tuple[SchedulerOutput, list[int | None]] | None = None
+
+    def step(self) -> tuple[SchedulerOutput, list[Request]]:
+        batch = self.scheduler.schedule()
+        sampled = self.runner.execute(batch)
+        finished = [] if self.in_flight is None else self.scheduler.update_from_output(*self.in_flight)
+        self.in_flight = (batch, sampled)
+        return batch, finished
 
 
 def make_request(request_id, prompt, max_tokens=8, priority=0, arrival=None, **params):
@@ -60,6 +84,15 @@ def make_request(request_id, prompt, max_tokens=8, priority=0, arrival=None, **p
             priority=priority,
         )
     )
+
+
+def make_batch(requests: list[Request], num_new_tokens: list[int], block_ids: list[list[int]]) -> SchedulerOutput:
+    """A hand-made step: each request computes `num_new_tokens` after its `num_computed_tokens`, and samples
+    if that reaches its last token. Unlike the scheduler, it leaves the requests' counts as they are."""
+    starts = [request.num_computed_tokens for request in requests]
+    ends = [start + n for start, n in zip(starts, num_new_tokens, strict=True)]
+    samples = [end == request.num_tokens for request, end in zip(requests, ends, strict=True)]
+    return SchedulerOutput(requests, num_new_tokens, starts, samples, block_ids)
 
 
 def make_scheduler(num_blocks=64, block_size=4, max_num_batched_tokens=32, max_num_seqs=8):
@@ -203,9 +236,10 @@ def test_max_tokens_finishes_with_length():
     assert request.status == RequestStatus.FINISHED_LENGTH and request.output_token_ids == [4, 4]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_interleavings_never_leak_or_corrupt(data):
+    """Any mix of adds, aborts and steps, the steps run one at a time or overlapped."""
     block_size = data.draw(st.sampled_from([1, 2, 4, 8]), label="block_size")
     max_model_len = 48
     num_blocks = data.draw(st.integers(max_model_len // block_size, 4 * max_model_len // block_size))
@@ -216,6 +250,12 @@ def test_random_interleavings_never_leak_or_corrupt(data):
         max_num_seqs=data.draw(st.integers(1, 6), label="max_num_seqs"),
     )
     runner.rng.seed(data.draw(st.integers(0, 1000)))
+    overlapped = data.draw(st.booleans(), label="overlapped")
+    stepper = OverlappedSteps(scheduler, runner) if overlapped else None
+
+    def next_step():
+        return stepper.step() if overlapped else step(scheduler, runner)
+
     added, ended = {}, set()
     for op_index in range(data.draw(st.integers(1, 60), label="num_ops")):
         op = data.draw(st.sampled_from(["add", "step", "step", "step", "abort"]))
@@ -234,18 +274,22 @@ def test_random_interleavings_never_leak_or_corrupt(data):
             scheduler.abort_request(victim)
             ended.add(victim)
         else:
-            batch, finished = step(scheduler, runner)
+            batch, finished = next_step()
             check_invariants(scheduler, batch)
             ended.update(r.request_id for r in finished)
     for _ in range(10_000):
         if not scheduler.has_unfinished_requests():
             break
-        batch, finished = step(scheduler, runner)
+        batch, finished = next_step()
         check_invariants(scheduler, batch)
         ended.update(r.request_id for r in finished)
     assert not scheduler.has_unfinished_requests(), "requests never finished"
     assert ended == set(added)
     assert all(r.status.finished for r in added.values())
+    for request in added.values():  # overlapped steps never sample past max_tokens
+        assert request.num_output_tokens <= request.max_tokens
+        if request.status == RequestStatus.FINISHED_LENGTH:
+            assert request.num_output_tokens == request.max_tokens
     assert scheduler.kv_cache.pool.num_free_blocks == num_blocks
     assert all(block.ref_count == 0 for block in scheduler.kv_cache.pool.blocks)
     assert not scheduler.kv_cache.blocks

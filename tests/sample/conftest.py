@@ -26,6 +26,7 @@ def build_metadata() -> Callable[..., SamplingMetadata]:
             params,
             prompt_token_ids=prompts or [[] for _ in range(rows)],
             output_token_ids=outputs or [[] for _ in range(rows)],
+            num_output_tokens=[len(output) for output in outputs or [[]] * rows],
             eos_token_ids=eos or [() for _ in range(rows)],
             generators=generators or [None] * rows,
             vocab_size=vocab_size,

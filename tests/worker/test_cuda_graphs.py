@@ -10,15 +10,16 @@ import random
 
 import pytest
 import torch
+from torch import nn
 
 from lmserve import LLM, SamplingParams
 from lmserve.config import EngineConfig, RunnerConfig
 from lmserve.engine.scheduler import SchedulerOutput
 from lmserve.errors import ConfigError
-from lmserve.worker.cuda_graphs import DecodeGraphs, DecodeInputBuffers, capture_sizes, padded_size
+from lmserve.worker.cuda_graphs import DecodeGraphs, capture_sizes, padded_size
 from lmserve.worker.input_preparation import StepLayout, layout_step, to_device
 from lmserve.worker.model_runner import ModelRunner
-from tests.engine.test_scheduler import make_request
+from tests.engine.test_scheduler import make_batch, make_request
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -45,36 +46,27 @@ def decode_step(contexts: list[list[int]], block_ids: list[list[int]]) -> Schedu
     requests = [make_request(f"r{i}", tokens) for i, tokens in enumerate(contexts)]
     for request in requests:
         request.num_computed_tokens = request.num_tokens - 1
-    return SchedulerOutput(requests, [1] * len(requests), block_ids)
+    return make_batch(requests, [1] * len(requests), block_ids)
 
 
-def test_buffers_hold_the_step_then_padding_rows_that_write_nothing():
-    buffers = DecodeInputBuffers(max_batch_size=8, max_blocks_per_seq=4, block_size=4, device=torch.device("cpu"))
-    # A wider step first, so the smaller one below must overwrite its rows with padding.
-    buffers.load(layout_step(decode_step([[5] * 13] * 6, [[1, 2, 3, 4]] * 6), block_size=4), graph_size=8)
-    step = layout_step(decode_step([[7, 8, 9], [4, 5, 6, 7, 8]], [[3], [6, 2]]), block_size=4)
-    assert buffers.fits(step)
-    buffers.load(step, graph_size=4)
-
-    assert buffers.input_ids[:4].tolist() == [9, 8, 0, 0]
-    assert buffers.positions[:4].tolist() == [2, 4, 0, 0]
-    assert buffers.slot_mapping[:4].tolist() == [3 * 4 + 2, 2 * 4 + 0, -1, -1]
-    assert buffers.seq_lens[:4].tolist() == [3, 5, 1, 1]
-    # Columns past the step's widest table keep stale entries: no request's seq_len reaches them.
-    assert buffers.block_tables[:4, :2].tolist() == [[3, 0], [6, 2], [0, 0], [0, 0]]
-    metadata = buffers.metadata(4)
-    assert metadata.query_start_loc.tolist() == [0, 1, 2, 3, 4]
-    assert metadata.block_tables.shape == (4, 4) and metadata.max_query_len == 1
-    assert metadata.slot_mapping.data_ptr() == buffers.slot_mapping.data_ptr()  # views, not copies
+def test_a_decode_step_is_padded_with_rows_that_write_nothing():
+    step = layout_step(decode_step([[7, 8, 9], [4, 5, 6, 7, 8]], [[3], [6, 2]]), block_size=4).padded(4)
+    assert step.token_ids.tolist() == [9, 8, 0, 0]
+    assert step.positions.tolist() == [2, 4, 0, 0]
+    assert step.slot_mapping.tolist() == [3 * 4 + 2, 2 * 4 + 0, -1, -1]
+    assert step.seq_lens.tolist() == [3, 5, 1, 1]
+    assert step.block_tables.tolist() == [[3, 0], [6, 2], [0, 0], [0, 0]]
+    assert step.query_start_loc.tolist() == [0, 1, 2, 3, 4]
 
 
-def test_only_decode_steps_that_fit_the_buffers_can_use_them():
-    buffers = DecodeInputBuffers(max_batch_size=2, max_blocks_per_seq=2, block_size=4, device=torch.device("cpu"))
-    assert buffers.fits(layout_step(decode_step([[1, 2], [3, 4]], [[0], [1]]), block_size=4))
-    assert not buffers.fits(layout_step(decode_step([[1, 2]] * 3, [[0], [1], [2]]), block_size=4))
-    assert not buffers.fits(layout_step(decode_step([[1] * 9], [[0, 1, 2]]), block_size=4))  # longer than allowed
+def test_only_decode_steps_that_fit_a_graph_get_one():
+    graphs = DecodeGraphs(nn.Identity(), [1, 2], max_blocks_per_seq=2, block_size=4, device=torch.device("cpu"))
+    assert graphs.graph_size(layout_step(decode_step([[1, 2]], [[0]]), block_size=4)) == 1
+    assert graphs.graph_size(layout_step(decode_step([[1, 2], [3, 4]], [[0], [1]]), block_size=4)) == 2
+    assert graphs.graph_size(layout_step(decode_step([[1, 2]] * 3, [[0], [1], [2]]), block_size=4)) is None
+    assert graphs.graph_size(layout_step(decode_step([[1] * 9], [[0, 1, 2]]), block_size=4)) is None  # too long
     prefill = make_request("p", [1, 2, 3])
-    assert not buffers.fits(layout_step(SchedulerOutput([prefill], [3], [[0]]), block_size=4))
+    assert graphs.graph_size(layout_step(make_batch([prefill], [3], [[0]]), block_size=4)) is None
 
 
 def test_no_graphs_on_the_cpu_or_with_enforce_eager(tiny_models):
@@ -101,17 +93,16 @@ def test_padding_rows_leave_the_real_rows_and_the_cache_alone(tiny_models):
     prompts = [[rng.randrange(3, 512) for _ in range(n)] for n in (5, 20, 3)]
     block_ids = [[1], [2, 3], [4]]  # block 0, which padding rows read, belongs to nobody
     requests = [make_request(f"r{i}", p) for i, p in enumerate(prompts)]
-    prefill = SchedulerOutput(requests, [len(p) for p in prompts], block_ids)
+    prefill = make_batch(requests, [len(p) for p in prompts], block_ids)
     for request, token in zip(requests, runner.execute(prefill).sampled_token_ids, strict=True):
         request.num_computed_tokens = request.num_tokens
         request.append_token(token)
 
-    step = layout_step(SchedulerOutput(requests, [1, 1, 1], block_ids), config.cache.block_size)
-    eager = to_device(step, runner.device)
+    step = layout_step(make_batch(requests, [1, 1, 1], block_ids), config.cache.block_size)
+    eager = to_device(step, runner.staging)
     expected = runner.model(eager.input_ids, eager.positions, eager.metadata)
-    buffers = DecodeInputBuffers(8, 4, config.cache.block_size, runner.device)
-    buffers.load(step, graph_size=8)
-    padded = runner.model(buffers.input_ids[:8], buffers.positions[:8], buffers.metadata(8))
+    padded_inputs = to_device(step.padded(8), runner.staging)
+    padded = runner.model(padded_inputs.input_ids, padded_inputs.positions, padded_inputs.metadata)
 
     torch.testing.assert_close(padded[:3], expected)
     assert torch.isfinite(padded).all()
@@ -125,13 +116,15 @@ def test_padding_rows_leave_the_real_rows_and_the_cache_alone(tiny_models):
 def replays(monkeypatch) -> list[tuple[int, int]]:
     """The (batch size, graph size) of every decode step that replays a graph during the test."""
     recorded = []
-    run = DecodeGraphs.run
+    graph_size = DecodeGraphs.graph_size
 
-    def recording_run(graphs: DecodeGraphs, layout: StepLayout) -> torch.Tensor:
-        recorded.append((layout.num_requests, padded_size(graphs.sizes, layout.num_requests)))
-        return run(graphs, layout)
+    def recording_graph_size(graphs: DecodeGraphs, layout: StepLayout) -> int | None:
+        size = graph_size(graphs, layout)
+        if size is not None:
+            recorded.append((layout.num_requests, size))
+        return size
 
-    monkeypatch.setattr(DecodeGraphs, "run", recording_run)
+    monkeypatch.setattr(DecodeGraphs, "graph_size", recording_graph_size)
     return recorded
 
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from lmserve.engine.scheduler import SchedulerOutput
 from lmserve.worker.input_preparation import layout_step, to_device
-from tests.engine.test_scheduler import make_request
+from lmserve.worker.staging import HostToDevice
+from tests.engine.test_scheduler import make_batch, make_request
 
 
 def test_a_mixed_batch_is_laid_out_flat():
@@ -12,9 +12,9 @@ def test_a_mixed_batch_is_laid_out_flat():
     decoding.num_computed_tokens = 4  # token 15 is its next input, at position 4
     chunk = make_request("chunk", [21, 22, 23, 24, 25, 26])
     chunk.num_computed_tokens = 2  # a prefill chunk continuing a cached prefix: tokens 23, 24
-    batch = SchedulerOutput(requests=[decoding, chunk], num_new_tokens=[1, 2], block_ids=[[7, 3], [5]])
+    batch = make_batch([decoding, chunk], [1, 2], [[7, 3], [5]])
     layout = layout_step(batch, block_size=4)
-    inputs = to_device(layout, torch.device("cpu"))
+    inputs = to_device(layout, HostToDevice(torch.device("cpu")))
     assert inputs.input_ids.tolist() == [15, 23, 24]
     assert inputs.positions.tolist() == [4, 2, 3]
     # position 4 of "decode" is slot 0 of its second block (3); "chunk" writes slots 2, 3 of block 5
@@ -31,6 +31,6 @@ def test_a_mixed_batch_is_laid_out_flat():
 def test_in_a_decode_step_every_token_samples():
     first, second = make_request("a", [1, 2, 3]), make_request("b", [4, 5])
     first.num_computed_tokens, second.num_computed_tokens = 2, 1
-    layout = layout_step(SchedulerOutput([first, second], [1, 1], [[0], [1]]), block_size=4)
+    layout = layout_step(make_batch([first, second], [1, 1], [[0], [1]]), block_size=4)
     assert layout.every_token_samples and layout.sample_indices.tolist() == [0, 1]
     assert (layout.max_query_len, layout.max_seq_len) == (1, 3)
