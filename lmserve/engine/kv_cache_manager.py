@@ -39,6 +39,8 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks)
         self.blocks: dict[str, list[KVCacheBlock]] = {}
         self.num_registered: dict[str, int] = {}  # how many of a request's leading blocks are cached
+        # The ids of `blocks`, kept alongside so the per-step block tables cost no list building.
+        self._block_ids: dict[str, list[int]] = {}
         self.stats = PrefixCacheStats()
 
     @property
@@ -47,7 +49,12 @@ class KVCacheManager:
         return self.pool.num_used_blocks / self.pool.num_blocks
 
     def block_ids(self, request_id: str) -> list[int]:
-        return [block.block_id for block in self.blocks.get(request_id, ())]
+        """The ids of the request's blocks, in order: the manager's own list, so callers must not mutate it.
+
+        Later allocations append to it in place; freeing the request drops it unchanged, so a batch that
+        holds it keeps its table.
+        """
+        return self._block_ids.get(request_id, [])
 
     def find_cached_prefix(self, request: Request) -> list[KVCacheBlock]:
         """The cached blocks of the request's longest cached prefix, leaving at least one token to compute.
@@ -77,17 +84,32 @@ class KVCacheManager:
 
         Returns False, changing nothing, when the pool has too few free blocks.
         """
-        held = self.blocks.get(request.request_id, [])
+        request_id = request.request_id
+        held = self.blocks.get(request_id)
         num_tokens_after = request.num_computed_tokens + len(cached) * self.block_size + num_new_tokens
-        num_new_blocks = -(-num_tokens_after // self.block_size) - len(held) - len(cached)
+        # Most decode steps: the held blocks have room and every block this step fills is already
+        # registered, so there is nothing to do (the general path below would change nothing).
+        if (
+            held is not None
+            and not cached
+            and num_tokens_after <= len(held) * self.block_size
+            and num_tokens_after // self.block_size <= self.num_registered[request_id]
+        ):
+            return True
+        num_held = 0 if held is None else len(held)
+        num_new_blocks = -(-num_tokens_after // self.block_size) - num_held - len(cached)
         num_revived = sum(1 for block in cached if block.ref_count == 0)
         if max(num_new_blocks, 0) + num_revived > self.pool.num_free_blocks:
             return False
-        self.blocks[request.request_id] = held
-        self.pool.touch(cached)
-        held.extend(cached)
+        if held is None:
+            held = self.blocks[request_id] = []
+            self._block_ids[request_id] = []
+        new_blocks = list(cached)
+        self.pool.touch(new_blocks)
         if num_new_blocks > 0:
-            held.extend(self.pool.allocate(num_new_blocks))
+            new_blocks += self.pool.allocate(num_new_blocks)
+        held += new_blocks
+        self._block_ids[request_id] += [block.block_id for block in new_blocks]
         self._cache_full_blocks(request, held, min(num_tokens_after, request.num_tokens))
         return True
 
@@ -98,6 +120,7 @@ class KVCacheManager:
         the prefix cache, since their contents will never be written.
         """
         held = self.blocks.pop(request.request_id, [])
+        self._block_ids.pop(request.request_id, None)
         self.num_registered.pop(request.request_id, None)
         num_computed_blocks = request.num_computed_tokens // self.block_size
         for block in held[num_computed_blocks:]:

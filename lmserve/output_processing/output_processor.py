@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field
@@ -55,11 +54,8 @@ class _RequestState:
             None if params.prompt_logprobs is None else []
         )
         self.metrics = RequestMetrics(arrival_time=arrival_time, num_prompt_tokens=len(prompt_token_ids))
+        self.finished = False  # whether every sample has finished
         self._num_sent_prompt_logprobs = 0
-
-    @property
-    def finished(self) -> bool:
-        return all(sample.finished for sample in self.samples)
 
     def update(self, index: int, output: EngineCoreOutput, now: float) -> bool:
         """Take sample `index`'s step output; True when a stop string ended it before the engine did."""
@@ -73,30 +69,34 @@ class _RequestState:
         ):
             metrics.first_scheduled_time = output.first_scheduled_time
         # The samples share the prompt; report the best prefix-cache hit among them.
-        metrics.num_cached_tokens = max(metrics.num_cached_tokens, output.num_cached_tokens)
+        if output.num_cached_tokens > metrics.num_cached_tokens:
+            metrics.num_cached_tokens = output.num_cached_tokens
         # Every sample computes the same prompt logprobs; keep the first sample's.
         if index == 0 and self.prompt_logprobs is not None and output.new_prompt_logprobs:
             self._fill_decoded_tokens(output.new_prompt_logprobs)
             self.prompt_logprobs.extend(output.new_prompt_logprobs)
-        self._fill_decoded_tokens(output.new_logprobs or [])
-        stopped_early = self.samples[index].update(output)
-        if self.finished:
-            metrics.finished_time = now
+        if output.new_logprobs:
+            self._fill_decoded_tokens(output.new_logprobs)
+        sample = self.samples[index]
+        num_tokens_before = len(sample.token_ids)
+        stopped_early = sample.update(output)
+        metrics.num_generation_tokens += len(sample.token_ids) - num_tokens_before
+        if sample.finished:
+            self.finished = all(other.finished for other in self.samples)
+            if self.finished:
+                metrics.finished_time = now
         return stopped_early
 
     def request_output(self) -> RequestOutput | None:
         """The output its output_kind asks for now, or None when there is nothing to report."""
         if self.output_kind is RequestOutputKind.FINAL_ONLY and not self.finished:
             return None
-        delta = self.output_kind is RequestOutputKind.DELTA
-        if delta:
-            samples = [sample for sample in self.samples if sample.has_news]
-        elif any(sample.has_news for sample in self.samples):
-            samples = self.samples
-        else:
-            samples = []
+        samples = [sample for sample in self.samples if sample.has_news]
         if not samples:
             return None
+        delta = self.output_kind is RequestOutputKind.DELTA
+        if not delta:
+            samples = self.samples
         return RequestOutput(
             request_id=self.request_id,
             prompt=self.prompt,
@@ -104,9 +104,7 @@ class _RequestState:
             outputs=[sample.completion_output(delta) for sample in samples],
             finished=self.finished,
             prompt_logprobs=self._prompt_logprobs_to_send(delta),
-            metrics=dataclasses.replace(
-                self.metrics, num_generation_tokens=sum(len(sample.token_ids) for sample in self.samples)
-            ),
+            metrics=RequestMetrics(**vars(self.metrics)),  # a snapshot: later steps must not change it
             num_cached_tokens=self.metrics.num_cached_tokens,
         )
 

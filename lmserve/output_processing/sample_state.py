@@ -38,24 +38,43 @@ class SampleState:
     def update(self, output: EngineCoreOutput) -> bool:
         """Take one step's output; True when a stop string ended the sample before the engine did.
 
-        Tokens are taken one at a time, so those after a stop string are dropped.
+        With stop strings, tokens are taken one at a time, so those after a stop string are dropped;
+        without, a step's tokens are taken all at once.
         """
-        for position, token_id in enumerate(output.new_token_ids):
+        new_token_ids = output.new_token_ids
+        if new_token_ids:
             self.has_news = True
-            self.token_ids.append(token_id)
-            if self.logprobs is not None and output.new_logprobs is not None:
-                position_logprobs = output.new_logprobs[position]
-                self.logprobs.append(position_logprobs)
-                self.cumulative_logprob += position_logprobs[token_id].logprob
-            if self.detokenizer is not None and self._add_text(self.detokenizer.add_tokens([token_id])):
-                return not output.finished
-        if output.finished:
+            if self.stop_checker is not None:
+                if self._add_tokens_until_stop(output):
+                    return not output.finished
+            else:
+                self.token_ids += new_token_ids
+                if self.logprobs is not None and output.new_logprobs is not None:
+                    for position, token_id in enumerate(new_token_ids):
+                        self._add_logprobs(token_id, output.new_logprobs[position])
+                if self.detokenizer is not None:
+                    self.text += self.detokenizer.add_tokens(new_token_ids)
+        if output.finish_reason is not None:
             self.has_news = True
             if self.detokenizer is not None and self._add_text(self.detokenizer.flush()):
                 return False
             self.finish_reason = output.finish_reason
             self.stop_reason = output.stop_reason
         return False
+
+    def _add_tokens_until_stop(self, output: EngineCoreOutput) -> bool:
+        """Take the step's tokens one at a time; True when one completes a stop string."""
+        for position, token_id in enumerate(output.new_token_ids):
+            self.token_ids.append(token_id)
+            if self.logprobs is not None and output.new_logprobs is not None:
+                self._add_logprobs(token_id, output.new_logprobs[position])
+            if self.detokenizer is not None and self._add_text(self.detokenizer.add_tokens([token_id])):
+                return True
+        return False
+
+    def _add_logprobs(self, token_id: int, position_logprobs: PositionLogprobs) -> None:
+        self.logprobs.append(position_logprobs)
+        self.cumulative_logprob += position_logprobs[token_id].logprob
 
     def _add_text(self, new_text: str) -> bool:
         """Append text; on a stop string, cut the text there, finish and return True."""
@@ -77,7 +96,7 @@ class SampleState:
         """
         self.has_news = False
         num_visible_chars = len(self.text)
-        if not self.finished and self.stop_checker is not None:
+        if self.stop_checker is not None and not self.finished:
             num_visible_chars -= self.stop_checker.num_held_back_chars(self.text)
         first_token = self._num_sent_tokens if delta else 0
         first_char = self._num_sent_chars if delta else 0

@@ -168,6 +168,58 @@ def test_cumulative_outputs_carry_everything_so_far(tokenizer):
     assert quiet.request_outputs == []
 
 
+def test_cumulative_outputs_are_snapshots_that_later_steps_leave_alone(tokenizer):
+    processor = _start(tokenizer, logprobs=0)
+    hi, there = tokenizer.encode("hi"), tokenizer.encode(" there")
+
+    def logprobs(token_ids):
+        return [{t: Logprob(-1.0, 1)} for t in token_ids]
+
+    [first] = processor.process([EngineCoreOutput("r#0", hi, new_logprobs=logprobs(hi))]).request_outputs
+    [second] = processor.process(
+        [EngineCoreOutput("r#0", there, new_logprobs=logprobs(there), finish_reason="length")]
+    ).request_outputs
+
+    assert (first.outputs[0].token_ids, len(first.outputs[0].logprobs)) == (hi, len(hi))
+    assert first.metrics.num_generation_tokens == len(hi) and first.metrics.finished_time is None
+    assert (second.outputs[0].text, second.outputs[0].token_ids) == ("hi there", hi + there)
+    assert second.metrics.num_generation_tokens == len(hi + there) and second.finished
+
+
+@_STREAM_SETTINGS
+@given(data=st.data())
+def test_without_stop_strings_any_chunking_gives_the_decoded_text(tokenizer, data):
+    """Steps carrying several tokens are taken at once; the text must be what one-token steps give."""
+    token_ids = tokenizer.encode("".join(data.draw(st.lists(_PIECES, min_size=1, max_size=20))))
+    processors = [_start(tokenizer, output_kind=DELTA, logprobs=0), _start(tokenizer, output_kind=CUMULATIVE)]
+    delta, cumulative = [], []
+    position = 0
+    while position < len(token_ids):
+        size = data.draw(st.integers(1, 4))
+        chunk, position = token_ids[position : position + size], position + size
+        step = EngineCoreOutput(
+            "r#0",
+            chunk,
+            new_logprobs=[{t: Logprob(-0.5, 1)} for t in chunk],
+            finish_reason="length" if position >= len(token_ids) else None,
+        )
+        for processor, request_outputs in zip(processors, [delta, cumulative], strict=True):
+            request_outputs += processor.process([step]).request_outputs
+
+    assert "".join(o.outputs[0].text for o in delta) == cumulative[-1].outputs[0].text == tokenizer.decode(token_ids)
+    assert sum(len(o.outputs[0].token_ids) for o in delta) == len(token_ids)
+    assert delta[-1].outputs[0].cumulative_logprob == pytest.approx(-0.5 * len(token_ids))
+    assert delta[-1].metrics.num_generation_tokens == cumulative[-1].metrics.num_generation_tokens == len(token_ids)
+
+
+def test_tokens_dropped_after_a_stop_string_are_not_counted(tokenizer):
+    processor = _start(tokenizer, stop=["STOP"])
+
+    [output] = processor.process([EngineCoreOutput("r#0", tokenizer.encode("Hello STOP and more"))]).request_outputs
+
+    assert output.finished and output.metrics.num_generation_tokens == len(output.outputs[0].token_ids)
+
+
 def test_final_only_reports_once_every_sample_finished(tokenizer):
     processor = _start(tokenizer, n=2, output_kind=FINAL_ONLY)
 
