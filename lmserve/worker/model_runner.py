@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,9 +15,13 @@ from lmserve.errors import ConfigError
 from lmserve.models import load_model
 from lmserve.outputs import PositionLogprobs
 from lmserve.sample import LogprobsTensors, Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
+from lmserve.sampling_params import SamplingParams
 from lmserve.worker.cuda_graphs import DecodeGraphs, capture_sizes
 from lmserve.worker.input_preparation import StepLayout, layout_step, to_device
+from lmserve.worker.memory import profile_kv_cache_memory, profiling_pass
 from lmserve.worker.staging import HostToDevice, start_copy_to_host
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,8 +134,13 @@ class ModelRunner:
         else:
             budget = cache.kv_cache_memory_bytes
             if budget is None and self.device.type == "cuda":
-                free, total = torch.cuda.mem_get_info(self.device)
-                budget = int(free - total * (1.0 - cache.gpu_memory_utilization))
+                # Profile the busiest step before the cache exists; the cache gets the rest of the allowed memory.
+                step = profiling_pass(self.model, self.backend, self.config, self.device, self._profile_sampler)
+                profile = profile_kv_cache_memory(
+                    step, self.device, cache.gpu_memory_utilization, self.kv_cache_block_bytes
+                )
+                logger.info(profile.describe())
+                budget = profile.kv_cache_bytes
             elif budget is None:
                 budget = cache.cpu_kv_cache_bytes
             num_blocks = budget // self.kv_cache_block_bytes
@@ -142,6 +152,25 @@ class ModelRunner:
                 "give it more memory or lower max_model_len"
             )
         return num_blocks
+
+    def _profile_sampler(self, logits: torch.Tensor) -> None:
+        """Sample every row with each costly option on, so the memory profile holds the sampler's peak."""
+        rows = logits.shape[0]
+        params = SamplingParams(
+            temperature=0.8, top_p=0.9, top_k=50, min_p=0.05, repetition_penalty=1.1, frequency_penalty=0.1,
+            presence_penalty=0.1, logprobs=20,
+        )
+        metadata = SamplingMetadata.build(
+            params=[params] * rows,
+            prompt_token_ids=[[0]] * rows,
+            output_token_ids=[[0]] * rows,
+            num_output_tokens=[1] * rows,
+            eos_token_ids=[()] * rows,
+            generators=[None] * rows,
+            vocab_size=logits.shape[-1],
+            device=self.device,
+        ).to_device(self.staging)
+        self.sampler(logits, metadata)
 
     @property
     def uses_cuda_graphs(self) -> bool:
