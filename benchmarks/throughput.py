@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -28,18 +29,66 @@ from benchmarks.workloads import (
 )
 
 
-def run_lmserve(model_dir: str, requests: list[Request], engine_options: dict) -> float:
+def run_lmserve(model_dir: str, requests: list[Request], engine_options: dict, trace: dict | None = None) -> float:
+    """Elapsed seconds; with `trace`, also fills it with where the engine steps' time went."""
     from lmserve import LLM, SamplingParams
 
     llm = LLM(model_dir, load_format="dummy", skip_tokenizer_init=True, **engine_options)
     warmup = [SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)] * 8
     llm.generate([r.prompt_token_ids for r in requests[:8]], warmup, use_tqdm=False)
     params = [SamplingParams(temperature=0.0, max_tokens=r.output_len, ignore_eos=True) for r in requests]
+    steps = _trace_steps(llm.engine) if trace is not None else None
     _synchronize()
     start = time.perf_counter()
     llm.generate([r.prompt_token_ids for r in requests], params, use_tqdm=False)
     _synchronize()
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if steps is not None:
+        trace.update(_summarise_steps(steps))
+    return elapsed
+
+
+def _trace_steps(engine) -> list[tuple[int, int, float]]:
+    """Record (requests, tokens, seconds) of every engine step: the step's own batch and its wall time."""
+    steps: list[tuple[int, int, float]] = []
+    scheduler, step = engine.core.scheduler, engine.step
+    schedule = scheduler.schedule
+    batches = []
+
+    def traced_schedule():
+        batch = schedule()
+        batches.append((len(batch.requests), batch.total_num_tokens))
+        return batch
+
+    def traced_step():
+        begin = time.perf_counter()
+        outputs = step()
+        steps.append((*batches[-1], time.perf_counter() - begin))
+        return outputs
+
+    scheduler.schedule, engine.step = traced_schedule, traced_step
+    return steps
+
+
+def _summarise_steps(steps: list[tuple[int, int, float]]) -> dict:
+    """Time in steps that prefill vs decode-only ones, and decode-only steps' median time by batch size."""
+    decode = [(n, t) for n, tokens, t in steps if n == tokens and n > 0]
+    prefill = [t for n, tokens, t in steps if tokens > n]
+    buckets: dict[str, list[float]] = {}
+    for n, t in decode:
+        low = 2 ** (n.bit_length() - 1)
+        buckets.setdefault(f"{low}-{2 * low - 1}", []).append(t)
+    return {
+        "steps": len(steps),
+        "prefill_steps": len(prefill),
+        "prefill_seconds": sum(prefill),
+        "decode_steps": len(decode),
+        "decode_seconds": sum(t for _, t in decode),
+        "decode_by_batch_size": {
+            name: {"steps": len(times), "seconds": sum(times), "median_ms": statistics.median(times) * 1000}
+            for name, times in sorted(buckets.items(), key=lambda item: int(item[0].split("-")[0]))
+        },
+    }
 
 
 def run_hf(model_dir: str, requests: list[Request], mode: str, batch_size: int) -> float:
@@ -93,6 +142,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peer", choices=["hf-cb", "hf-static"], action="append", default=[])
     parser.add_argument("--hf-batch-size", type=int, default=64)
+    parser.add_argument("--trace", action="store_true", help="record where the engine steps' time goes")
     parser.add_argument("--engine-options", type=json.loads, default={}, help='JSON, e.g. {"max_num_seqs": 256}')
     parser.add_argument("--out", help="JSON results path (default: benchmarks/results/throughput-<config>.json)")
     args = parser.parse_args()
@@ -106,7 +156,8 @@ def main() -> None:
     floor = floor_seconds(config, requests, bandwidth)
     engine_options = {"dtype": "bfloat16", "max_model_len": 4096, **args.engine_options}
 
-    results = {"lmserve": run_lmserve(model_dir, requests, engine_options)}
+    trace = {} if args.trace else None
+    results = {"lmserve": run_lmserve(model_dir, requests, engine_options, trace)}
     for peer in args.peer:
         results[peer] = run_hf(model_dir, requests, peer, args.hf_batch_size)
 
@@ -118,6 +169,7 @@ def main() -> None:
         "bandwidth_bytes_per_s": bandwidth,
         "floor_seconds": floor,
         "floor_output_tokens_per_s": num_output / floor,
+        "lmserve_steps": trace,
         "engines": {
             name: {"elapsed_s": elapsed, "output_tokens_per_s": num_output / elapsed,
                    "total_tokens_per_s": num_total / elapsed, "fraction_of_floor": floor / elapsed}
@@ -133,6 +185,8 @@ def main() -> None:
     for name, figures in report["engines"].items():
         print(f"{name:<10} {figures['elapsed_s']:>10.2f} {figures['output_tokens_per_s']:>10.0f} "
               f"{figures['total_tokens_per_s']:>12.0f} {figures['fraction_of_floor']:>9.1%}")
+    if trace:
+        print(json.dumps(trace, indent=1))
     print(f"floor: {floor:.2f} s ({num_output / floor:.0f} output tok/s at {bandwidth / 1e12:.2f} TB/s); wrote {out}")
 
 
