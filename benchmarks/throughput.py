@@ -82,6 +82,8 @@ def _summarise_steps(steps: list[tuple[int, int, float]]) -> dict:
         "steps": len(steps),
         "prefill_steps": len(prefill),
         "prefill_seconds": sum(prefill),
+        "prefill_median_ms": statistics.median(prefill) * 1000 if prefill else None,
+        "prefill_max_ms": max(prefill, default=0.0) * 1000,
         "decode_steps": len(decode),
         "decode_seconds": sum(t for _, t in decode),
         "decode_by_batch_size": {
