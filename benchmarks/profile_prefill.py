@@ -3,7 +3,7 @@
     python -m benchmarks.profile_prefill --config A
 
 Adds the workload's requests and steps until every request decodes, twice over (fresh request ids the
-second time): the first pass shows one-off costs (kernel compilation for new shapes), the second the
+second time, and other prompts): the first pass shows one-off costs (kernel compilation for new shapes), the second the
 steady state. Then profiles a few prefill steps of a third pass with torch.profiler.
 """
 
@@ -68,12 +68,13 @@ def main() -> None:
         write_model_dir(load_config(args.config)), load_format="dummy", skip_tokenizer_init=True,
         dtype="bfloat16", max_model_len=4096,
     )
-    requests = make_requests(args.num_prompts, (100, 1024), (100, 1024), seed=0)
-    for tag in ("first", "second"):
-        times = _prefill_pass(engine, requests, tag)
+    # Each pass draws other prompts, so the prefix cache finds nothing.
+    for seed, tag in enumerate(("first", "second")):
+        times = _prefill_pass(engine, make_requests(args.num_prompts, (100, 1024), (100, 1024), seed), tag)
         print(f"{tag} pass: {len(times)} steps, {sum(times):.2f} s, median {statistics.median(times) * 1000:.1f} ms, "
               f"max {max(times) * 1000:.0f} ms, slowest {sorted(round(t * 1000) for t in times)[-5:]}")
-    _prefill_pass(engine, requests, "profiled", args.profile_steps)
+    _prefill_pass(engine, make_requests(args.num_prompts, (100, 1024), (100, 1024), 2), "profiled",
+                  args.profile_steps)
 
 
 if __name__ == "__main__":

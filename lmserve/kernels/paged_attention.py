@@ -46,7 +46,9 @@ def _find_request(query_start_loc_ptr, num_requests, tile, BLOCK_Q: tl.constexpr
     return low
 
 
-@triton.jit
+# Ints that change from step to step are not specialised on (== 1, divisible by 16): each new combination
+# would otherwise compile the kernel again, for up to a second, in the middle of serving.
+@triton.jit(do_not_specialize=["num_requests", "stride_block_tables"])
 def _paged_attention_kernel(
     query_ptr,
     cache_ptr,
