@@ -10,6 +10,8 @@ steady state. Then profiles a few prefill steps of a third pass with torch.profi
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
 
@@ -18,8 +20,11 @@ import torch
 from benchmarks.workloads import load_config, make_requests, write_model_dir
 
 
-def _prefill_pass(engine, requests, tag: str, profile_steps: int = 0) -> list[float]:
-    """Step until no request has prompt left; the wall time of each step. Aborts the requests after."""
+def _prefill_pass(engine, requests, tag: str, profile_steps: int = 0, synchronize: bool = True) -> list[float]:
+    """Step until no request has prompt left; the wall time of each step. Aborts the requests after.
+
+    With `synchronize`, each step's time holds its own GPU work; without, steps overlap as in serving.
+    """
     from lmserve import SamplingParams
 
     for index, request in enumerate(requests):
@@ -30,10 +35,12 @@ def _prefill_pass(engine, requests, tag: str, profile_steps: int = 0) -> list[fl
     while scheduler.waiting or any(r.num_computed_tokens < r.num_prompt_tokens for r in scheduler.running):
         if profile_steps and len(times) == 3:
             _profile(engine, profile_steps)
-        torch.cuda.synchronize()
+        if synchronize:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         engine.step()
-        torch.cuda.synchronize()
+        if synchronize:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     for index in range(len(requests)):
         engine.abort_request(f"{tag}-{index}")
@@ -69,11 +76,18 @@ def main() -> None:
         dtype="bfloat16", max_model_len=4096,
     )
     # Each pass draws other prompts, so the prefix cache finds nothing.
-    for seed, tag in enumerate(("first", "second")):
-        times = _prefill_pass(engine, make_requests(args.num_prompts, (100, 1024), (100, 1024), seed), tag)
+    for seed, tag in enumerate(("first", "second, synchronised", "third, overlapped", "fourth, host profile")):
+        host_profile = cProfile.Profile() if seed == 3 else None
+        if host_profile:
+            host_profile.enable()
+        requests = make_requests(args.num_prompts, (100, 1024), (100, 1024), seed)
+        times = _prefill_pass(engine, requests, tag.split(",")[0], synchronize=seed < 2)
+        if host_profile:
+            host_profile.disable()
+            pstats.Stats(host_profile).sort_stats("tottime").print_stats(25)
         print(f"{tag} pass: {len(times)} steps, {sum(times):.2f} s, median {statistics.median(times) * 1000:.1f} ms, "
               f"max {max(times) * 1000:.0f} ms, slowest {sorted(round(t * 1000) for t in times)[-5:]}")
-    _prefill_pass(engine, make_requests(args.num_prompts, (100, 1024), (100, 1024), 2), "profiled",
+    _prefill_pass(engine, make_requests(args.num_prompts, (100, 1024), (100, 1024), 4), "profiled",
                   args.profile_steps)
 
 
