@@ -44,7 +44,9 @@ def run_lmserve(model_dir: str, requests: list[Request], engine_options: dict, t
     _synchronize()
     elapsed = time.perf_counter() - start
     if steps is not None:
-        trace.update(_summarise_steps(steps))
+        stats = llm.engine.stats()
+        trace.update(_summarise_steps(steps), num_kv_blocks=stats.num_total_blocks, preemptions=stats.num_preemptions,
+                     first_steps=[(n, tokens, round(t * 1000, 2)) for n, tokens, t in steps[:80]])
     return elapsed
 
 
