@@ -115,9 +115,11 @@ class SchedulerConfig:
     """Per-step limits of continuous batching: tokens computed per step and requests running at once.
 
     `async_scheduling` overlaps the host's work for the next step with the device's work for this one.
+    A larger token budget means fewer prefill steps, each with the same fixed launch cost (8192 is
+    vLLM's server default on an H100); a smaller one bounds how long a prefill chunk stalls decodes.
     """
 
-    max_num_batched_tokens: int = 2048
+    max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
     async_scheduling: bool = True
 
