@@ -38,10 +38,10 @@ def real_sized_dir(tmp_path_factory) -> str:
 def logits_of(model_dir: str, backend: str) -> torch.Tensor:
     config = EngineConfig.from_options(
         model_dir, load_format="dummy", dtype="bfloat16", attention_backend=backend, enforce_eager=True,
-        skip_tokenizer_init=True, max_model_len=2048, num_kv_blocks=200,
+        skip_tokenizer_init=True, max_model_len=2048, num_kv_blocks=400,
     )
     runner = ModelRunner(config)
-    runner.allocate_kv_cache(200)
+    runner.allocate_kv_cache(400)
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, 150000, (n,), generator=generator).tolist() for n in (700, 37, 1200, 300)]
     requests = [make_request(f"r{i}", prompt) for i, prompt in enumerate(prompts)]
