@@ -96,8 +96,8 @@ def _summarise_steps(steps: list[tuple[int, int, float]]) -> dict:
 
 
 def run_hf(model_dir: str, requests: list[Request], mode: str, batch_size: int) -> float:
-    """Hugging Face transformers: continuous batching (`generate_batch`, paged|sdpa) or static `generate`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    """Hugging Face transformers: continuous batching (one manager, paged|sdpa) or static `generate`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     attention = "paged|sdpa" if mode == "hf-cb" else "sdpa"
@@ -107,13 +107,7 @@ def run_hf(model_dir: str, requests: list[Request], mode: str, batch_size: int) 
     _synchronize()
     start = time.perf_counter()
     if mode == "hf-cb":
-        # generate_batch takes one max_new_tokens: group requests by their output length.
-        by_length: dict[int, list[list[int]]] = {}
-        for r in requests:
-            by_length.setdefault(r.output_len, []).append(r.prompt_token_ids)
-        for length, prompts in by_length.items():
-            generation = GenerationConfig(max_new_tokens=length, do_sample=False, eos_token_id=-1, pad_token_id=0)
-            model.generate_batch(inputs=prompts, generation_config=generation, progress_bar=False)
+        _run_hf_continuous_batching(model, requests)
     else:
         for index in range(0, len(requests), batch_size):
             batch = requests[index : index + batch_size]
@@ -130,6 +124,34 @@ def run_hf(model_dir: str, requests: list[Request], mode: str, batch_size: int) 
             )
     _synchronize()
     return time.perf_counter() - start
+
+
+def _run_hf_continuous_batching(model, requests: list[Request]) -> None:
+    """Every request in one continuous-batching manager, each with its own output length (EOS never stops
+    one: the generation config has none)."""
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0,
+                                  max_new_tokens=max(r.output_len for r in requests))
+    manager = model.init_continuous_batching(generation_config=generation)
+    manager.start()
+    try:
+        for index, request in enumerate(requests):
+            manager.add_request(request.prompt_token_ids, request_id=str(index), max_new_tokens=request.output_len)
+        finished = 0
+        while finished < len(requests):
+            result = manager.get_result(timeout=1)
+            if result is not None and result.is_finished():
+                if result.error is not None:
+                    raise RuntimeError(f"HF continuous batching failed request {result.request_id}: {result.error}")
+                if len(result.generated_tokens) != requests[int(result.request_id)].output_len:
+                    raise RuntimeError(f"HF generated {len(result.generated_tokens)} tokens for request "
+                                       f"{result.request_id}, not {requests[int(result.request_id)].output_len}")
+                finished += 1
+            elif result is None and not manager.is_running():
+                raise RuntimeError("the HF continuous batching thread stopped")
+    finally:
+        manager.stop(block=True)
 
 
 def _synchronize() -> None:
