@@ -1,4 +1,8 @@
-"""Rotary position embedding of a step's queries and keys in place, one program per token, q and k in one launch."""
+"""Rotary position embedding of a step's queries and keys in place, one program per token, q and k in one launch.
+
+Optionally each query and key head is RMS-normalised first (Qwen3's q_norm/k_norm), in the same launch:
+the head is already in registers, so the two norms cost no extra pass over memory and no extra launch.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,34 @@ import torch
 import triton
 import triton.language as tl
 
+from lmserve.kernels.rms_norm import reference_rms_norm
+
 
 @triton.jit
-def _rotate_heads(head_ptr, heads, num_heads, pairs, pair_mask, cos, sin, HALF: tl.constexpr):
+def _normalize_head_half(x, inverse_rms, weight_ptr, offsets, pair_mask, dtype):
+    # As the RMSNorm layer: normalise in float32, round to the input dtype, then scale by the weight in it.
+    weight = tl.load(weight_ptr + offsets, mask=pair_mask, other=0.0).to(tl.float32)
+    normalized = (x * inverse_rms[:, None]).to(dtype).to(tl.float32)
+    return (normalized * weight[None, :]).to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _rotate_heads(
+    head_ptr, heads, num_heads, pairs, pair_mask, cos, sin, norm_weight_ptr, eps,
+    HALF: tl.constexpr, HAS_NORM: tl.constexpr,
+):
     # Pairs are (i, i + head_dim / 2), the "rotate half" layout; heads are contiguous within a token.
     mask = (heads < num_heads)[:, None] & pair_mask[None, :]
     first_ptrs = head_ptr + heads[:, None] * (2 * HALF) + pairs[None, :]
     first = tl.load(first_ptrs, mask=mask, other=0.0).to(tl.float32)
     second = tl.load(first_ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
-    # Each product is rounded to the input dtype before the sum, as the unfused torch ops (and Hugging Face) do.
     dtype = head_ptr.dtype.element_ty
+    if HAS_NORM:
+        mean_square = (tl.sum(first * first, axis=1) + tl.sum(second * second, axis=1)) / (2 * HALF)
+        inverse_rms = tl.rsqrt(mean_square + eps)
+        first = _normalize_head_half(first, inverse_rms, norm_weight_ptr, pairs, pair_mask, dtype)
+        second = _normalize_head_half(second, inverse_rms, norm_weight_ptr, pairs + HALF, pair_mask, dtype)
+    # Each product is rounded to the input dtype before the sum, as the unfused torch ops (and Hugging Face) do.
     first_cos = (first * cos[None, :]).to(dtype).to(tl.float32)
     first_sin = (first * sin[None, :]).to(dtype).to(tl.float32)
     second_cos = (second * cos[None, :]).to(dtype).to(tl.float32)
@@ -31,6 +53,9 @@ def _rotary_kernel(
     cos_ptr,
     sin_ptr,
     positions_ptr,
+    query_norm_ptr,
+    key_norm_ptr,
+    eps,
     num_heads,
     num_kv_heads,
     stride_query_token,
@@ -39,6 +64,7 @@ def _rotary_kernel(
     HALF: tl.constexpr,
     HALF_PAD: tl.constexpr,
     HEADS_PAD: tl.constexpr,
+    HAS_NORM: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token).to(tl.int64)
@@ -51,17 +77,25 @@ def _rotary_kernel(
     cos = cos.to(dtype).to(tl.float32)
     sin = sin.to(dtype).to(tl.float32)
     heads = tl.arange(0, HEADS_PAD)
-    _rotate_heads(query_ptr + token * stride_query_token, heads, num_heads, pairs, pair_mask, cos, sin, HALF)
-    _rotate_heads(key_ptr + token * stride_key_token, heads, num_kv_heads, pairs, pair_mask, cos, sin, HALF)
+    _rotate_heads(query_ptr + token * stride_query_token, heads, num_heads, pairs, pair_mask, cos, sin,
+                  query_norm_ptr, eps, HALF, HAS_NORM)
+    _rotate_heads(key_ptr + token * stride_key_token, heads, num_kv_heads, pairs, pair_mask, cos, sin,
+                  key_norm_ptr, eps, HALF, HAS_NORM)
 
 
 def rotary_embedding(
-    positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+    head_norms: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> None:
     """Rotate flat queries [num_tokens, heads * head_dim] and keys [num_tokens, kv_heads * head_dim] in place.
 
     Any token stride works (views of a fused QKV projection), but each row must be contiguous.
-    `cos_cache`/`sin_cache` are [max_positions, head_dim / 2]; equal to `reference_rotary_embedding` otherwise.
+    `cos_cache`/`sin_cache` are [max_positions, head_dim / 2]. `head_norms` (query weight, key weight,
+    eps; weights [head_dim]) RMS-normalises every head first. Equal to `reference_rotary_embedding`.
     """
     half = cos_cache.shape[1]
     head_dim = 2 * half
@@ -75,12 +109,19 @@ def rotary_embedding(
     if num_tokens == 0:
         return
     num_heads, num_kv_heads = query.shape[1] // head_dim, key.shape[1] // head_dim
+    query_norm, key_norm, eps = head_norms if head_norms is not None else (query, key, 0.0)  # unread without
+    if head_norms is not None and (query_norm.shape != (head_dim,) or key_norm.shape != (head_dim,)):
+        shapes = f"{tuple(query_norm.shape)}, {tuple(key_norm.shape)}"
+        raise ValueError(f"head norm weights must be [{head_dim}], got {shapes}")
     _rotary_kernel[(num_tokens,)](
         query,
         key,
         cos_cache,
         sin_cache,
         positions,
+        query_norm,
+        key_norm,
+        eps,
         num_heads,
         num_kv_heads,
         query.stride(0),
@@ -89,14 +130,24 @@ def rotary_embedding(
         HALF=half,
         HALF_PAD=triton.next_power_of_2(half),
         HEADS_PAD=triton.next_power_of_2(max(num_heads, num_kv_heads)),
+        HAS_NORM=head_norms is not None,
     )
 
 
 def reference_rotary_embedding(
-    positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+    head_norms: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The torch path of `lmserve.models.layers.RotaryEmbedding`, returning new tensors."""
     head_dim = 2 * cos_cache.shape[1]
+    if head_norms is not None:
+        query_norm, key_norm, eps = head_norms
+        query = reference_rms_norm(query.unflatten(-1, (-1, head_dim)), query_norm, eps).flatten(-2)
+        key = reference_rms_norm(key.unflatten(-1, (-1, head_dim)), key_norm, eps).flatten(-2)
     cos = cos_cache[positions].to(query.dtype)[:, None, :]
     sin = sin_cache[positions].to(query.dtype)[:, None, :]
 

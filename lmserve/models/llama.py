@@ -6,6 +6,7 @@ except that q/k/v and gate/up are fused into `qkv_proj` and `gate_up_proj`.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from lmserve.attention import Attention, AttentionMetadata
 from lmserve.errors import UnsupportedArchitectureError
 from lmserve.models.layers import MergedLinear, RMSNorm, RotaryEmbedding
 from lmserve.models.weights import StackedMapping, load_stacked_weights
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 STACKED_PARAMS: StackedMapping = (
     ("qkv_proj", "q_proj", 0),
@@ -74,6 +77,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, hidden_size, bias=options.output_bias)
         self.q_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps) if options.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps) if options.qk_norm else None
+        self.head_norms = (self.q_norm, self.k_norm) if options.qk_norm else None
         self.rotary_emb = rotary_emb
         self.attn = Attention(
             num_heads, num_kv_heads, self.head_dim, self.head_dim**-0.5, sliding_window_of(hf_config, layer_index)
@@ -81,10 +85,7 @@ class LlamaAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
         query, key, value = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.q_norm is not None:
-            query = self.q_norm(query.unflatten(-1, (-1, self.head_dim))).flatten(-2)
-            key = self.k_norm(key.unflatten(-1, (-1, self.head_dim))).flatten(-2)
-        query, key = self.rotary_emb(positions, query, key)
+        query, key = self.rotary_emb(positions, query, key, self.head_norms)
         return self.o_proj(self.attn(query, key, value, metadata))
 
 
@@ -101,7 +102,12 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if gate_up.is_cuda and _HAS_TRITON:
+            from lmserve.kernels.activation import silu_and_mul  # needs triton: import on demand
+
+            return self.down_proj(silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig
 
 from lmserve.kernels.rotary import reference_rotary_embedding, rotary_embedding
-from lmserve.models.layers import RotaryEmbedding
+from lmserve.models.layers import RMSNorm, RotaryEmbedding
 from tests.kernels.paged_batch import DEVICE
 
 TOLERANCES = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
@@ -40,6 +40,44 @@ def test_matches_reference(dtype: torch.dtype, heads: int, kv_heads: int, head_d
     torch.testing.assert_close(query, expected_query, atol=tolerance, rtol=tolerance)
     torch.testing.assert_close(key, expected_key, atol=tolerance, rtol=tolerance)
     assert torch.equal(qkv[:, (heads + kv_heads) * head_dim :], value_before)  # values are left alone
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES))
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (3, 3, 24)])
+def test_head_norms_are_fused_before_the_rotation(dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> None:
+    rotary, positions = make_rotary(head_dim).to(DEVICE), POSITIONS.to(DEVICE)
+    qkv = random_tensor(len(POSITIONS), (heads + 2 * kv_heads) * head_dim, dtype=dtype, seed=3) * 3
+    query, key = qkv[:, : heads * head_dim], qkv[:, heads * head_dim : (heads + kv_heads) * head_dim]
+    norms = (random_tensor(head_dim, dtype=dtype, seed=4), random_tensor(head_dim, dtype=dtype, seed=5), 1e-6)
+    expected_query, expected_key = reference_rotary_embedding(
+        positions, query, key, rotary.cos_cache, rotary.sin_cache, norms
+    )
+
+    rotary_embedding(positions, query, key, rotary.cos_cache, rotary.sin_cache, norms)
+
+    # The norm's sum of squares adds up in another order than torch's mean; in 16 bits, an ulp it rounds
+    # differently then passes through three more roundings.
+    tolerance = 2 * TOLERANCES[dtype]
+    torch.testing.assert_close(query, expected_query, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(key, expected_key, atol=tolerance, rtol=tolerance)
+
+
+def test_reference_with_head_norms_is_the_layer() -> None:
+    """The layer's CPU path normalises each head with the model's q/k RMSNorm modules, then rotates."""
+    rotary = make_rotary(32)
+    query_norm, key_norm = RMSNorm(32, eps=1e-6), RMSNorm(32, eps=1e-6)
+    with torch.no_grad():
+        query_norm.weight.copy_(random_tensor(32, dtype=torch.float32, seed=6, device="cpu"))
+        key_norm.weight.copy_(random_tensor(32, dtype=torch.float32, seed=7, device="cpu"))
+    query = random_tensor(len(POSITIONS), 4 * 32, dtype=torch.float32, seed=1, device="cpu")
+    key = random_tensor(len(POSITIONS), 2 * 32, dtype=torch.float32, seed=2, device="cpu")
+
+    expected = rotary(POSITIONS, query, key, (query_norm, key_norm))
+    norms = (query_norm.weight.detach(), key_norm.weight.detach(), 1e-6)
+    actual = reference_rotary_embedding(POSITIONS, query, key, rotary.cos_cache, rotary.sin_cache, norms)
+
+    for tensor, reference in zip(actual, expected, strict=True):
+        assert torch.equal(tensor, reference)
 
 
 def test_reference_is_the_layer() -> None:

@@ -10,6 +10,7 @@ from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from lmserve.errors import UnsupportedArchitectureError
+from lmserve.models.layers.normalization import RMSNorm
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -55,17 +56,30 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin_cache", angles.sin() * attention_scaling, persistent=False)
 
     def forward(
-        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+        self,
+        positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        head_norms: tuple[RMSNorm, RMSNorm] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate flat [num_tokens, heads * head_dim] queries and keys; `positions` is [num_tokens].
 
-        On CUDA one Triton launch rotates both in place; the torch code below is the reference (and the CPU path).
+        `head_norms` (query norm, key norm) RMS-normalise each head first, as Qwen3 does. On CUDA one
+        Triton launch does it all in place; the torch code below is the reference (and the CPU path).
         """
         if query.is_cuda and _HAS_TRITON:
             from lmserve.kernels.rotary import rotary_embedding  # needs triton: import on demand
 
-            rotary_embedding(positions, query, key, self.cos_cache, self.sin_cache)
+            weights = None
+            if head_norms is not None:
+                query_norm, key_norm = head_norms
+                weights = (query_norm.weight, key_norm.weight, query_norm.eps)
+            rotary_embedding(positions, query, key, self.cos_cache, self.sin_cache, weights)
             return query, key
+        if head_norms is not None:
+            query_norm, key_norm = head_norms
+            query = query_norm(query.unflatten(-1, (-1, self.head_dim))).flatten(-2)
+            key = key_norm(key.unflatten(-1, (-1, self.head_dim))).flatten(-2)
         # Cast like Hugging Face does, so that low-precision results match it.
         cos = self.cos_cache[positions].to(query.dtype)[:, None, :]
         sin = self.sin_cache[positions].to(query.dtype)[:, None, :]
