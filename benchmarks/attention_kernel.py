@@ -2,7 +2,8 @@
 
     python -m benchmarks.attention_kernel --heads 16 --kv-heads 8 --batch-sizes 1 32 128 256 --context 512 2048
 
-Each request has one query token and `context` keys in randomly scattered cache blocks. The figure is the
+Each request has one query token and `context` keys in randomly scattered cache blocks; small batches
+split their keys over several programs as the engine does (flash-decoding). The figure is the
 median over CUDA-event-timed calls; bandwidth counts each request's keys and values read once. As a
 reference of what a tuned kernel reaches, the same shapes also run through torch's SDPA on contiguous
 (unpaged) keys and values.
@@ -58,7 +59,7 @@ def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth:
     rows = []
     for block_n in args.block_n:
         call = functools.partial(paged_attention, query, cache, tables, seq_lens, query_start_loc, 1, scale,
-                                 block_n=block_n)
+                                 max_seq_len=context, block_n=block_n)
         rows.append(_row(f"paged_attention(block_n={block_n})", batch, context, _median_ms(call), kv_bytes, bandwidth))
     del cache
     keys = torch.randn(batch, args.kv_heads, context, args.head_dim, dtype=torch.bfloat16, device=device)

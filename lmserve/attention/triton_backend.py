@@ -35,4 +35,5 @@ class TritonAttentionBackend:
             metadata.max_query_len,
             scale,
             sliding_window,
+            max_seq_len=metadata.max_seq_len,
         )

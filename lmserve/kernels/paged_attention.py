@@ -7,9 +7,9 @@ the group, and a long prefill chunk is spread over many programs. It walks the r
 block table `BLOCK_N` at a time (a tile may span several cache blocks) with an online softmax in fp32.
 
 Decode tokens (query length 1) get tiles of one token: the rows are the group's heads, padded to 16 rows
-for the tensor-core MMA. The keys of one long decode are still read by a single program per kv head, so
-at a small batch with long contexts the GPU is underused; splitting the keys over programs and merging
-the partial softmaxes (flash-decoding) is the planned fix.
+for the tensor-core MMA. A small decode batch would leave most of the GPU idle with one program per
+(request, kv head), so its keys are split over several programs whose partial softmaxes a second
+kernel merges (flash-decoding).
 """
 
 from __future__ import annotations
@@ -53,10 +53,13 @@ def _paged_attention_kernel(
     query_ptr,
     cache_ptr,
     out_ptr,
+    partial_out_ptr,  # split-KV only: [num_tokens, num_heads, num_splits, head_dim] float32
+    partial_lse_ptr,  # split-KV only: [num_tokens, num_heads, num_splits] float32, log2 of each split's sum
     block_tables_ptr,
     seq_lens_ptr,
     query_start_loc_ptr,
     num_requests,
+    num_splits,
     qk_scale,  # softmax scale times log2(e): the kernel uses exp2
     sliding_window,
     stride_query_token,
@@ -78,9 +81,11 @@ def _paged_attention_kernel(
     HAS_WINDOW: tl.constexpr,
     FP32_DOT: tl.constexpr,  # float32 inputs: exact products ("ieee") instead of TF32
     DECODE_ONLY: tl.constexpr,  # every request has exactly one query token
+    SPLIT_SIZE: tl.constexpr,  # > 0: decode only, program_id(2) takes keys [split * SPLIT_SIZE, + SPLIT_SIZE)
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
+    split = tl.program_id(2)
 
     if DECODE_ONLY:
         request = tile  # one query token per request, one tile per token
@@ -118,6 +123,9 @@ def _paged_attention_kernel(
     key_start = 0
     if HAS_WINDOW:
         key_start = tl.maximum(first_pos - sliding_window + 1, 0) // BLOCK_N * BLOCK_N
+    if SPLIT_SIZE > 0:
+        key_start = tl.maximum(key_start, split * SPLIT_SIZE)
+        key_end = tl.minimum(key_end, (split + 1) * SPLIT_SIZE)
 
     row_max = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: a fully masked tile then adds zeros
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -157,10 +165,50 @@ def _paged_attention_kernel(
         else:
             acc += tl.dot(probs.to(values.dtype), values)
 
+    if SPLIT_SIZE > 0:
+        # This split's softmax-weighted values and the log2 of its weights' sum; `_merge_splits` combines
+        # them. A split past the context (or before the window) saw no key: its weight becomes 0 there.
+        partial_row = (token * (tl.num_programs(1) * GROUP) + head) * num_splits + split
+        seen = row_sum > 0.0
+        lse = tl.where(seen, row_max + tl.log2(tl.where(seen, row_sum, 1.0)), float("-inf"))
+        tl.store(partial_lse_ptr + partial_row, lse, mask=row_valid)
+        partial = acc / tl.where(seen, row_sum, 1.0)[:, None]
+        tl.store(partial_out_ptr + partial_row[:, None] * HEAD_DIM + dims[None, :], partial, mask=row_valid[:, None])
+        return
     row_sum = tl.where(row_sum == 0.0, 1.0, row_sum)  # only padding rows see no key
     out = acc / row_sum[:, None]
     out_offsets = token * stride_out_token + head * stride_out_head
     tl.store(out_ptr + out_offsets[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
+
+
+@triton.jit
+def _merge_splits_kernel(
+    partial_out_ptr,
+    partial_lse_ptr,
+    out_ptr,
+    num_heads,
+    num_splits,
+    stride_out_token,
+    stride_out_head,
+    SPLITS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS_PAD)
+    split_valid = splits < num_splits
+    first_row = (token * num_heads + head) * num_splits
+    lse = tl.load(partial_lse_ptr + first_row + splits, mask=split_valid, other=float("-inf"))
+    top = tl.max(lse, axis=0)
+    top = tl.where(top == float("-inf"), 0.0, top)  # a padding row: every split is empty
+    weights = tl.exp2(lse - top)
+    total = tl.sum(weights, axis=0)
+    dims = tl.arange(0, HEAD_DIM)
+    partial = tl.load(
+        partial_out_ptr + (first_row + splits)[:, None] * HEAD_DIM + dims[None, :], mask=split_valid[:, None], other=0.0
+    )
+    out = tl.sum(partial * weights[:, None], axis=0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(out_ptr + token * stride_out_token + head * stride_out_head + dims, out.to(out_ptr.dtype.element_ty))
 
 
 def paged_attention(
@@ -174,8 +222,10 @@ def paged_attention(
     sliding_window: int | None = None,
     out: torch.Tensor | None = None,
     *,
+    max_seq_len: int | None = None,
     block_q: int | None = None,
     block_n: int | None = None,
+    split_size: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of each request's new queries over its whole context in the paged cache.
 
@@ -189,6 +239,10 @@ def paged_attention(
     to the seq_len it reads on the device: so a decode launch replays correctly from a CUDA graph.
     `block_q` (query tokens per tile) and `block_n` (keys per iteration, a power of two >= 16) override
     the tile shape; tests use them to reach several tiles with tiny inputs. Returns `out` if given.
+
+    Decode steps too small to fill the GPU (few requests, each a program per kv head) split each context
+    into chunks of `split_size` keys, attended by separate programs and merged after (flash-decoding).
+    `max_seq_len` (a host-side upper bound) sizes the split; `split_size` overrides the choice.
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = kv_cache.shape[3]
@@ -224,15 +278,32 @@ def paged_attention(
     block_m = max(16, block_q * group_pad)
     # Each request has at most query_len // block_q + 1 tiles (see _find_request); the spare ones exit at once.
     num_tiles = num_tokens // block_q + (num_requests if block_q > 1 else 0)
+    if split_size is None and max_query_len == 1 and max_seq_len is not None:
+        split_size = _decode_split_size(num_requests * num_kv_heads, max_seq_len, block_n, query.device)
+    if split_size is not None and max_query_len != 1:
+        raise ValueError("only decode steps (max_query_len 1) split their keys")
+    if split_size is not None and (split_size < block_n or split_size % block_n):
+        raise ValueError(f"split_size must be a multiple of block_n ({block_n}), got {split_size}")
+    num_splits = 1
+    partial_out = partial_lse = out  # unread without a split
+    if split_size is not None:
+        if max_seq_len is None:
+            raise ValueError("split_size needs max_seq_len")
+        num_splits = -(-max_seq_len // split_size)
+        partial_out = torch.empty(num_tokens, num_heads, num_splits, head_dim, dtype=torch.float32, device=out.device)
+        partial_lse = torch.empty(num_tokens, num_heads, num_splits, dtype=torch.float32, device=out.device)
 
-    _paged_attention_kernel[(num_tiles, num_kv_heads)](
+    _paged_attention_kernel[(num_tiles, num_kv_heads, num_splits)](
         query,
         kv_cache,
         out,
+        partial_out,
+        partial_lse,
         block_tables,
         seq_lens,
         query_start_loc,
         num_requests,
+        num_splits,
         scale * math.log2(math.e),
         sliding_window or 0,
         query.stride(0),
@@ -254,10 +325,37 @@ def paged_attention(
         HAS_WINDOW=sliding_window is not None,
         FP32_DOT=is_fp32,
         DECODE_ONLY=max_query_len == 1,
+        SPLIT_SIZE=split_size or 0,
         num_warps=8 if is_fp32 else 4,
         num_stages=2,
     )
+    if split_size is not None:
+        _merge_splits_kernel[(num_tokens, num_heads)](
+            partial_out,
+            partial_lse,
+            out,
+            num_heads,
+            num_splits,
+            out.stride(0),
+            out.stride(1),
+            SPLITS_PAD=triton.next_power_of_2(num_splits),
+            HEAD_DIM=head_dim,
+        )
     return out
+
+
+_MIN_SPLIT_KEYS = 256  # below this a split's programs do too little to pay for the merge
+_MAX_SPLITS = 16
+_PROGRAMS_PER_SM = 4  # a decode step with at least this many programs per SM fills the GPU unsplit
+
+
+def _decode_split_size(num_programs: int, max_seq_len: int, block_n: int, device: torch.device) -> int | None:
+    """Keys per split for a decode step of `num_programs` (request, kv head) pairs; None: do not split."""
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    if num_programs >= _PROGRAMS_PER_SM * num_sms or max_seq_len <= _MIN_SPLIT_KEYS:
+        return None
+    num_splits = min(-(-max_seq_len // _MIN_SPLIT_KEYS), _MAX_SPLITS)
+    return -(-max_seq_len // (num_splits * block_n)) * block_n
 
 
 def reference_paged_attention(

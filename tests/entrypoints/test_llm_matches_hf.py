@@ -5,6 +5,7 @@ are prefilled in chunks) three ways: plainly, with a KV pool so small that reque
 recomputed, and with prompts sharing long prefixes, prefix caching on and off.
 """
 
+import importlib
 import random
 
 import pytest
@@ -90,3 +91,23 @@ def test_greedy_matches_hf_with_the_triton_backend(tiny_models, hf_greedy, varia
     prompts = [PROMPTS[1], PROMPTS[4], PROMPTS[7]]  # decode, chunked prefill, past the sliding window
     ours, _ = run_lmserve(model_dir, prompts, attention_backend="triton")
     assert ours == [hf_greedy(model_dir, variant, p) for p in prompts]
+
+
+@pytest.mark.parametrize("variant", ["qwen3", "mistral"])
+def test_greedy_matches_hf_with_decode_keys_split(tiny_models, hf_greedy, variant, monkeypatch):
+    """Decode attention split into 32-key chunks merged after (flash-decoding), windowed layers too."""
+    kernels = importlib.import_module("lmserve.kernels.paged_attention")  # the package re-exports the function
+    monkeypatch.setattr(kernels, "_MIN_SPLIT_KEYS", 32)
+    split_sizes = []
+    choose = kernels._decode_split_size
+
+    def recording_choose(*args):
+        split_sizes.append(choose(*args))
+        return split_sizes[-1]
+
+    monkeypatch.setattr(kernels, "_decode_split_size", recording_choose)
+    model_dir = tiny_models.get(variant)
+    prompts = [PROMPTS[4], PROMPTS[7]]
+    ours, _ = run_lmserve(model_dir, prompts, attention_backend="triton")
+    assert ours == [hf_greedy(model_dir, variant, p) for p in prompts]
+    assert any(size is not None for size in split_sizes)

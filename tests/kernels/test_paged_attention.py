@@ -24,7 +24,8 @@ def attend(batch: PagedBatch, sliding_window: int | None, **tile_shape: int) -> 
     scale = batch.query.shape[2] ** -0.5
     tables = (batch.kv_cache, metadata.block_tables, metadata.seq_lens, metadata.query_start_loc)
     out = torch.full_like(batch.query, float("nan"))
-    paged_attention(batch.query, *tables, metadata.max_query_len, scale, sliding_window, out, **tile_shape)
+    paged_attention(batch.query, *tables, metadata.max_query_len, scale, sliding_window, out,
+                    max_seq_len=metadata.max_seq_len, **tile_shape)
     return out, reference_paged_attention(batch.query, *tables, scale, sliding_window)
 
 
@@ -51,6 +52,33 @@ def test_decode_batch(num_heads: int, num_kv_heads: int) -> None:
     batch = make_batch(DECODES, num_heads, num_kv_heads, 16, 32)
     out, expected = attend(batch, sliding_window=None)
     torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("sliding_window", [None, 20])
+@pytest.mark.parametrize(("split_size", "block_n"), [(16, 16), (32, 16), (64, 32)])
+def test_decode_keys_split_over_programs(split_size: int, block_n: int, sliding_window: int | None) -> None:
+    # Contexts of 1 to 71 keys: some splits hold a part of a context, some nothing (past it, or before
+    # the window); the merge must weight each split by its softmax mass.
+    batch = make_batch(DECODES, 4, 2, 16, 16)
+    out, expected = attend(batch, sliding_window, split_size=split_size, block_n=block_n)
+    torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_split_decode_in_half_precision(dtype: torch.dtype) -> None:
+    batch = make_batch(DECODES, 8, 2, 32, 16, dtype)
+    out, expected = attend(batch, sliding_window=None, split_size=32, block_n=16)
+    torch.testing.assert_close(out, expected, **HALF_TOLERANCE[dtype])
+
+
+def test_small_decode_batches_split_and_large_ones_do_not() -> None:
+    from lmserve.kernels.paged_attention import _decode_split_size
+
+    cpu = torch.device("cpu")  # taken as 132 SMs
+    assert _decode_split_size(num_programs=8, max_seq_len=4096, block_n=64, device=cpu) == 256
+    assert _decode_split_size(num_programs=8, max_seq_len=32768, block_n=64, device=cpu) == 2048  # 16 splits
+    assert _decode_split_size(num_programs=8, max_seq_len=200, block_n=64, device=cpu) is None  # short
+    assert _decode_split_size(num_programs=256 * 8, max_seq_len=4096, block_n=64, device=cpu) is None  # full GPU
 
 
 @pytest.mark.parametrize(("block_size", "block_q", "block_n"), [(32, 2, 16), (8, 1, 32)])
