@@ -10,11 +10,16 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from lmserve.kernels.activation import _silu_and_mul_kernel
 from lmserve.kernels.kv_cache import _write_kv_cache_kernel
-from lmserve.kernels.paged_attention import _paged_attention_kernel
+from lmserve.kernels.paged_attention import _merge_splits_kernel, _paged_attention_kernel
+from lmserve.kernels.rms_norm import _rms_norm_kernel
+from lmserve.kernels.rotary import _rotary_kernel
 
 HOPPER = GPUTarget("cuda", 90, 32)
-INDEX_POINTERS = {"block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "slot_mapping_ptr"}
+INDEX_POINTERS = {"block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "slot_mapping_ptr", "positions_ptr"}
+FLOAT32_POINTERS = {"partial_out_ptr", "partial_lse_ptr", "cos_ptr", "sin_ptr"}
+FLOAT_SCALARS = {"qk_scale", "eps"}
 
 # (dtype, query heads per kv head, BLOCK_Q, BLOCK_N, sliding window, num_warps, decode only): what the
 # launcher picks for a bf16 prefill with GQA 4, a fp16 decode with GQA 8 and a window, a float32 MHA prefill.
@@ -33,10 +38,14 @@ def compile_for_hopper(kernel, dtype: str, constants: dict, num_warps: int) -> N
     for index, name in enumerate(kernel.arg_names):
         if name in constants:
             signature[name] = "constexpr"
+        elif name in INDEX_POINTERS:
+            signature[name] = "*i64"
+        elif name in FLOAT32_POINTERS:
+            signature[name] = "*fp32"
         elif name.endswith("_ptr"):
-            signature[name] = "*i64" if name in INDEX_POINTERS else f"*{dtype}"
+            signature[name] = f"*{dtype}"
         else:
-            signature[name] = "fp32" if name == "qk_scale" else "i32"
+            signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
         if name.endswith("_ptr") or name.startswith("stride_"):
             attrs[(index,)] = [["tt.divisibility", 16]]
     source = ASTSource(kernel, signature, constants, attrs)
@@ -58,13 +67,23 @@ def compile_all_variants() -> None:
             "HAS_WINDOW": has_window,
             "FP32_DOT": dtype == "fp32",
             "DECODE_ONLY": decode_only,
+            "SPLIT_SIZE": 0,
         }
         compile_for_hopper(_paged_attention_kernel, dtype, constants, num_warps)
         if not decode_only:  # the request search is then a loop over constants
             compile_for_hopper(_paged_attention_kernel, dtype, constants | SINGLE_REQUEST, num_warps)
+        else:  # a small decode batch splits its keys, then merges the splits
+            compile_for_hopper(_paged_attention_kernel, dtype, constants | {"SPLIT_SIZE": 256}, num_warps)
+            compile_for_hopper(_merge_splits_kernel, dtype, {"SPLITS_PAD": 16, "HEAD_DIM": 128}, 4)
     compile_for_hopper(
         _write_kv_cache_kernel, "bf16", {"BLOCK_SIZE": 16, "HEADS_PAD": 1, "HEAD_DIM": 128, "num_kv_heads": 1}, 4
     )
+    for has_residual in (False, True):
+        compile_for_hopper(_rms_norm_kernel, "bf16", {"HAS_RESIDUAL": has_residual, "BLOCK": 1024}, 4)
+    for has_norm in (False, True):  # Qwen3 normalises each head inside the rotary launch
+        constants = {"HALF": 64, "HALF_PAD": 64, "HEADS_PAD": 16, "HAS_NORM": has_norm}
+        compile_for_hopper(_rotary_kernel, "bf16", constants, 4)
+    compile_for_hopper(_silu_and_mul_kernel, "bf16", {"BLOCK": 1024}, 4)
 
 
 if __name__ == "__main__":
