@@ -1,10 +1,11 @@
-"""The `lmserve` command line: `lmserve serve` and `lmserve generate`."""
+"""The `lmserve` command line: `lmserve serve`, `lmserve generate` and `lmserve bench serve`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from lmserve.bench.cli import add_bench_parser
 from lmserve.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
 from lmserve.entrypoints.cli_args import add_dataclass_arguments, pick
 from lmserve.errors import LmserveError
@@ -19,13 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a model over OpenAI- and TGI-compatible HTTP APIs")
     serve.add_argument("model", nargs="?", help="a local Hugging Face model directory (default: the embedded model)")
     _add_engine_arguments(serve)
-    serve.set_defaults(server_options=add_dataclass_arguments(serve, ServerConfig))
+    serve.set_defaults(server_options=add_dataclass_arguments(serve, ServerConfig), handler=run_serve)
 
     generate = commands.add_parser("generate", help="generate completions for prompts, offline")
     generate.add_argument("--model", help="a local Hugging Face model directory (default: the embedded model)")
     generate.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     _add_engine_arguments(generate)
-    generate.set_defaults(sampling_options=add_dataclass_arguments(generate, SamplingParams))
+    generate.set_defaults(sampling_options=add_dataclass_arguments(generate, SamplingParams), handler=run_generate)
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -65,7 +68,7 @@ def run_generate(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        {"serve": run_serve, "generate": run_generate}[args.command](args)
+        args.handler(args)
     except LmserveError as error:
         print(f"lmserve: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,5 @@
+"""`python -m lmserve.bench serve ...`."""
+
+from lmserve.bench.cli import main
+
+main()
