@@ -1,4 +1,4 @@
-"""The `lmserve` command line: `lmserve serve`, `lmserve generate` and `lmserve bench serve`."""
+"""The `lmserve` command line: `lmserve serve`, `lmserve generate`, `lmserve router` and `lmserve bench serve`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from lmserve.bench.cli import add_bench_parser
 from lmserve.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
 from lmserve.entrypoints.cli_args import add_dataclass_arguments, pick
 from lmserve.errors import LmserveError
+from lmserve.router.cli import add_router_parser
 from lmserve.sampling_params import SamplingParams
 from lmserve.server.config import ServerConfig
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_arguments(generate)
     generate.set_defaults(sampling_options=add_dataclass_arguments(generate, SamplingParams), handler=run_generate)
 
+    add_router_parser(commands)
     add_bench_parser(commands)
     return parser
 

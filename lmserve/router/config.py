@@ -1,0 +1,147 @@
+"""The router's configuration: one dataclass for each replica group (a model) and one for the router,
+read from a YAML file (`--config`) or built from `--backends` for a single model; validated once here."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmserve.errors import ConfigError
+
+POLICIES = ("round_robin", "least_outstanding", "prefix_aware")
+
+
+@dataclass
+class ReplicaGroupConfig:
+    """The replicas that serve one model, and how requests are spread over them.
+
+    `model` None (only with a single group, as `--backends` makes) sends every request to this group,
+    whatever model it names: the replicas themselves answer for their model's name.
+    """
+
+    model: str | None = None
+    backends: list[str] = field(default_factory=list)  # base URLs of `lmserve serve` replicas
+    policy: str = "least_outstanding"
+    # prefix_aware: the key is this many leading characters of the prompt (or of the rendered messages)...
+    prefix_chars: int = 256
+    # ...and a key's replica is kept while its outstanding requests stay within factor * least + slack.
+    max_load_imbalance: float = 2.0
+    load_imbalance_slack: int = 2
+
+    def __post_init__(self) -> None:
+        where = f"model {self.model!r}" if self.model else "the backends"
+        if not self.backends:
+            raise ConfigError(f"{where}: give at least one backend URL")
+        self.backends = [_check_url(url, where) for url in self.backends]
+        if len(set(self.backends)) != len(self.backends):
+            raise ConfigError(f"{where}: a backend URL is listed twice: {self.backends}")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"{where}: policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.prefix_chars < 1:
+            raise ConfigError(f"{where}: prefix_chars must be positive, got {self.prefix_chars}")
+        if self.max_load_imbalance < 1:
+            raise ConfigError(f"{where}: max_load_imbalance must be at least 1, got {self.max_load_imbalance}")
+        if self.load_imbalance_slack < 0:
+            raise ConfigError(f"{where}: load_imbalance_slack must be non-negative, got {self.load_imbalance_slack}")
+
+
+@dataclass
+class RouterConfig:
+    """How the router listens, queues, retries and checks its replicas."""
+
+    groups: list[ReplicaGroupConfig] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_outstanding_per_backend: int = 64  # requests in flight on one replica; more wait in the router's queue
+    max_queue_size: int = 1024  # requests waiting for a replica; past it, 429
+    max_queue_wait: float = 30.0  # seconds a request may wait for a replica; past it, 429 (or 503: none healthy)
+    max_retries: int = 2  # further replicas a request may try after one failed before answering
+    health_interval: float = 2.0  # seconds between two active health checks of a replica
+    health_timeout: float = 2.0
+    health_path: str = "/health"  # "/ready" also takes draining replicas out
+    unhealthy_threshold: int = 3  # consecutive failed checks that eject a replica
+    healthy_threshold: int = 2  # consecutive passed checks that re-admit it
+    connect_timeout: float = 5.0
+    request_timeout: float | None = None  # seconds between two bytes from a replica; None: no limit
+    drain_timeout: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish
+    log_format: str = "text"  # "text" or "json"
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            raise ConfigError("the router needs at least one model's backends (--backends or a config file)")
+        names = [group.model for group in self.groups]
+        if None in names and len(names) > 1:
+            raise ConfigError("with several models, each needs its name")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a model is configured twice: {names}")
+        for name in ("max_outstanding_per_backend", "unhealthy_threshold", "healthy_threshold"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_queue_size", "max_retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in (
+            "max_queue_wait", "health_interval", "health_timeout", "connect_timeout", "request_timeout", "drain_timeout"
+        ):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if not self.health_path.startswith("/"):
+            raise ConfigError(f"health_path must start with '/', got {self.health_path!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
+
+
+def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
+    """A RouterConfig from a YAML file: router fields at the top level, and under `models` each model's
+    name mapped to its group's fields. `overrides` (command-line flags) win over the file."""
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read the router config {str(path)!r}: {error}") from error
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the router config must be a mapping")
+    document = {**document}
+    if "groups" in document:
+        raise ConfigError(f"{path}: list the replica groups under `models`, not `groups`")
+    models = document.pop("models", None)
+    if not isinstance(models, dict) or not models:
+        raise ConfigError(f"{path}: `models` must map each model name to its backends and policy")
+    groups = []
+    for name, fields in models.items():
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{path}: model {name!r} must be a mapping with `backends`")
+        groups.append(_build(ReplicaGroupConfig, {**fields, "model": str(name)}, f"{path}: model {name!r}"))
+    return _build(RouterConfig, {**document, **overrides, "groups": groups}, str(path))
+
+
+def config_from_backends(backends: str, model: str | None = None, **options: Any) -> RouterConfig:
+    """A RouterConfig for one model from comma-separated replica URLs; `options` are any fields of either
+    dataclass (the group's go to the group)."""
+    group_names = {item.name for item in dataclasses.fields(ReplicaGroupConfig)}
+    group_options = {name: value for name, value in options.items() if name in group_names}
+    router_options = {name: value for name, value in options.items() if name not in group_names}
+    urls = [url.strip() for url in backends.split(",") if url.strip()]
+    group = ReplicaGroupConfig(model=model, backends=urls, **group_options)
+    return RouterConfig(groups=[group], **router_options)
+
+
+def _build(cls: type, fields: dict[str, Any], where: str) -> Any:
+    known = {item.name for item in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**fields)
+    except TypeError as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def _check_url(url: Any, where: str) -> str:
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: a backend must be an http:// or https:// URL, got {url!r}")
+    return url.rstrip("/")

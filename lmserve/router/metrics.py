@@ -1,0 +1,87 @@
+"""The router's Prometheus metrics (prefix `lmserve_router:`), in a registry of its own.
+
+Per replica (labels `model`, `backend`): requests by status, latency, outstanding requests, errors,
+retries, health and ejections. Per model: requests by status and tokens. And the queue's depth.
+docs/router.md lists them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from lmserve.router.backend import Backend
+from lmserve.server.metrics import REQUEST_SECONDS_BUCKETS
+
+PREFIX = "lmserve_router:"
+BACKEND_LABELS = ["model", "backend"]
+
+
+class RouterMetrics:
+    """Counters the forwarder, the queue and the health checker update; `render()` gives /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.backend_requests = self._counter(
+            "backend_requests", "Requests a replica answered, by HTTP status.", [*BACKEND_LABELS, "status"]
+        )
+        self.backend_latency = Histogram(
+            PREFIX + "backend_request_latency_seconds",
+            "Seconds from sending a request to a replica to the end of its answer.",
+            BACKEND_LABELS,
+            buckets=REQUEST_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.backend_outstanding = self._gauge("backend_outstanding_requests", "Requests in flight on a replica.")
+        self.backend_errors = self._counter(
+            "backend_errors",
+            "Failed attempts on a replica: connect (unreachable), status (5xx), broken (cut mid-answer).",
+            [*BACKEND_LABELS, "kind"],
+        )
+        self.backend_retries = self._counter(
+            "backend_retries", "Requests retried on another replica after failing on this one.", BACKEND_LABELS
+        )
+        self.backend_healthy = self._gauge("backend_healthy", "1 while a replica takes requests, 0 while ejected.")
+        self.backend_ejections = self._counter("backend_ejections", "Times a replica was ejected.", BACKEND_LABELS)
+        self.model_requests = self._counter(
+            "requests", "Requests the router answered, by model and HTTP status.", ["model", "status"]
+        )
+        self.prompt_tokens = self._counter("prompt_tokens", "Prompt tokens of answered requests.", ["model"])
+        self.generation_tokens = self._counter(
+            "generation_tokens", "Generated tokens of answered requests.", ["model"]
+        )
+        self.queue_depth = Gauge(PREFIX + "queue_depth", "Requests waiting for a replica.", registry=self.registry)
+
+    def add_backend(self, backend: Backend) -> None:
+        """Show a replica's series from the start, before its first request."""
+        labels = (backend.model, backend.url)
+        self.backend_outstanding.labels(*labels).set(0)
+        self.backend_healthy.labels(*labels).set(int(backend.healthy))
+        self.backend_ejections.labels(*labels)
+        self.backend_retries.labels(*labels)
+
+    def observe_health(self, backend: Backend) -> None:
+        """A replica's health changed."""
+        self.backend_healthy.labels(backend.model, backend.url).set(int(backend.healthy))
+        if not backend.healthy:
+            self.backend_ejections.labels(backend.model, backend.url).inc()
+
+    def observe_outstanding(self, backend: Backend) -> None:
+        self.backend_outstanding.labels(backend.model, backend.url).set(backend.outstanding)
+
+    def observe_usage(self, model: str, usage: object) -> None:
+        """Count an OpenAI `usage` object's tokens; anything else (absent, malformed) counts nothing."""
+        if not isinstance(usage, dict):
+            return
+        for key, counter in (("prompt_tokens", self.prompt_tokens), ("completion_tokens", self.generation_tokens)):
+            value = usage.get(key)
+            if isinstance(value, int) and value >= 0:
+                counter.labels(model).inc(value)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def _counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
+        return Counter(PREFIX + name, documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str) -> Gauge:
+        return Gauge(PREFIX + name, documentation, BACKEND_LABELS, registry=self.registry)
