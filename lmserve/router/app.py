@@ -45,11 +45,12 @@ async def proxy(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    """The configured models; a router configured with backends only asks one of its replicas."""
+    """The configured models, then the routes; a router configured with backends only asks one of its replicas."""
     gateway = _gateway(request)
     if list(gateway.groups) == [CATCH_ALL]:
         return await _answer(request, parse_request("GET", "/v1/models", b"", dict(request.headers)))
-    models = [{"id": name, "object": "model", "created": _STARTED, "owned_by": "lmserve"} for name in gateway.groups]
+    names = gateway.model_router.served
+    models = [{"id": name, "object": "model", "created": _STARTED, "owned_by": "lmserve"} for name in names]
     return JSONResponse({"object": "list", "data": models})
 
 

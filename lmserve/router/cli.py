@@ -24,7 +24,7 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--backends", help="one model's replicas as comma-separated URLs: http://h1:8000,http://h2:8000")
     parser.set_defaults(
         handler=run_router_command,
-        router_options=add_dataclass_arguments(parser, RouterConfig, skip={"groups"}),
+        router_options=add_dataclass_arguments(parser, RouterConfig, skip={"groups", "routes"}),
         group_options=add_dataclass_arguments(parser, ReplicaGroupConfig, skip={"backends"}),
     )
 

@@ -1,5 +1,6 @@
-"""The router's configuration: one dataclass for each replica group (a model) and one for the router,
-read from a YAML file (`--config`) or built from `--backends` for a single model; validated once here."""
+"""The router's configuration: one dataclass for each replica group (a model), one for each route (a model name
+whose requests a classifier spreads over two groups) and one for the router, read from a YAML file (`--config`)
+or built from `--backends` for a single model; validated once here."""
 
 from __future__ import annotations
 
@@ -11,8 +12,23 @@ from typing import Any
 import yaml
 
 from lmserve.errors import ConfigError
+from lmserve.router.classifier import LABELS, ClassifierConfig
 
 POLICIES = ("round_robin", "least_outstanding", "prefix_aware")
+
+
+@dataclass
+class TokenPrice:
+    """What a model's tokens cost, in dollars per million; the router's cost metrics multiply usage by it."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"price_per_million_tokens.{name} must be a non-negative number, got {value!r}")
 
 
 @dataclass
@@ -31,6 +47,7 @@ class ReplicaGroupConfig:
     # ...and a key's replica is kept while its outstanding requests stay within factor * least + slack.
     max_load_imbalance: float = 2.0
     load_imbalance_slack: int = 2
+    price_per_million_tokens: TokenPrice | None = None  # None: its requests count no cost
 
     def __post_init__(self) -> None:
         where = f"model {self.model!r}" if self.model else "the backends"
@@ -50,10 +67,25 @@ class ReplicaGroupConfig:
 
 
 @dataclass
+class RouteConfig:
+    """A model name clients may ask for (`"model": "auto"`) that the classifier turns into one of two groups."""
+
+    name: str
+    simple: str  # the group that serves requests labeled "simple"
+    complex: str  # ... and "complex"
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def target(self, label: str) -> str:
+        """The group's name for a classifier label."""
+        return self.simple if label == "simple" else self.complex
+
+
+@dataclass
 class RouterConfig:
     """How the router listens, queues, retries and checks its replicas."""
 
     groups: list[ReplicaGroupConfig] = field(default_factory=list)
+    routes: list[RouteConfig] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 8080
     max_outstanding_per_backend: int = 64  # requests in flight on one replica; more wait in the router's queue
@@ -94,11 +126,28 @@ class RouterConfig:
             raise ConfigError(f"health_path must start with '/', got {self.health_path!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
+        self._check_routes(names)
+
+    def _check_routes(self, names: list[str | None]) -> None:
+        route_names = [route.name for route in self.routes]
+        if len(set(route_names)) != len(route_names):
+            raise ConfigError(f"a route is configured twice: {route_names}")
+        for route in self.routes:
+            if route.name in names:
+                raise ConfigError(f"route {route.name!r}: a model of that name exists already; a route needs its own")
+            for label in LABELS:
+                if route.target(label) not in names:
+                    known = ", ".join(name for name in names if name) or "none (name the models under `models`)"
+                    raise ConfigError(
+                        f"route {route.name!r}: {label} goes to {route.target(label)!r}, which is no configured "
+                        f"model; the models are {known}"
+                    )
 
 
 def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
-    """A RouterConfig from a YAML file: router fields at the top level, and under `models` each model's
-    name mapped to its group's fields. `overrides` (command-line flags) win over the file."""
+    """A RouterConfig from a YAML file: router fields at the top level, under `models` each model's name mapped to
+    its group's fields, and under `routes` each route's name mapped to its fields. `overrides` (command-line flags)
+    win over the file."""
     try:
         document = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -115,8 +164,36 @@ def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
     for name, fields in models.items():
         if not isinstance(fields, dict):
             raise ConfigError(f"{path}: model {name!r} must be a mapping with `backends`")
-        groups.append(_build(ReplicaGroupConfig, {**fields, "model": str(name)}, f"{path}: model {name!r}"))
-    return _build(RouterConfig, {**document, **overrides, "groups": groups}, str(path))
+        where = f"{path}: model {name!r}"
+        fields = {**fields, "model": str(name)}
+        if isinstance(price := fields.get("price_per_million_tokens"), dict):
+            fields["price_per_million_tokens"] = _build(TokenPrice, price, f"{where}: price_per_million_tokens")
+        groups.append(_build(ReplicaGroupConfig, fields, where))
+    routes = _load_routes(document.pop("routes", None) or {}, path)
+    return _build(RouterConfig, {**document, **overrides, "groups": groups, "routes": routes}, str(path))
+
+
+def _load_routes(routes: Any, path: str | Path) -> list[RouteConfig]:
+    if not isinstance(routes, dict):
+        raise ConfigError(f"{path}: `routes` must map each route's name to its `simple` and `complex` models")
+    built = []
+    for name, fields in routes.items():
+        where = f"{path}: route {name!r}"
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{where} must be a mapping with `simple` and `complex`")
+        missing = [label for label in LABELS if label not in fields]
+        if missing:
+            raise ConfigError(f"{where}: name the model for {' and '.join(missing)} requests")
+        classifier = fields.get("classifier") or {}
+        if not isinstance(classifier, dict):
+            raise ConfigError(f"{where}: `classifier` must be a mapping, e.g. {{kind: heuristic}}")
+        try:
+            classifier = _build(ClassifierConfig, classifier, f"{where}: classifier")
+        except ConfigError as error:  # ClassifierConfig's own checks know nothing of the file or the route
+            message = str(error)
+            raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from error
+        built.append(_build(RouteConfig, {**fields, "name": str(name), "classifier": classifier}, where))
+    return built
 
 
 def config_from_backends(backends: str, model: str | None = None, **options: Any) -> RouterConfig:

@@ -55,12 +55,14 @@ class Forwarder:
         metrics: RouterMetrics,
         max_retries: int,
         eject: Callable[[Backend], None],
+        on_usage: Callable[[ProxyRequest, str, object], None] | None = None,
     ) -> None:
         self.client = client
         self.queue = queue
         self.metrics = metrics
         self.max_retries = max_retries
         self.eject = eject
+        self.on_usage = on_usage  # also told of each answer's usage (request, model, usage): the cost metrics
 
     async def forward(self, request: ProxyRequest, group: ReplicaGroup) -> Response:
         """The answer of the first replica that answers, after up to max_retries failed attempts.
@@ -123,7 +125,7 @@ class _Exchange:
         """A non-streamed answer: read in full before the client sees anything, so it stays retryable."""
         content = await self.upstream.aread()
         if self.upstream.status_code == HTTPStatus.OK:
-            self.metrics.observe_usage(self.backend.model, _usage_of(content))
+            self.observe_usage(_usage_of(content))
         await self.finish(str(self.upstream.status_code))
         return Response(content, self.upstream.status_code, self.response_headers())
 
@@ -157,12 +159,17 @@ class _Exchange:
                 logger.warning("a stream from %s broke: %r", self.backend.url, error)
                 yield _error_event(f"the replica failed mid-stream: {error!r}") + DONE_EVENT
             finally:
-                self.metrics.observe_usage(self.backend.model, relay.usage)
+                self.observe_usage(relay.usage)
                 await self.finish(status)
 
         return _ClosingStreamingResponse(
             events(), self.finish, status_code=self.upstream.status_code, headers=self.response_headers()
         )
+
+    def observe_usage(self, usage: object) -> None:
+        self.metrics.observe_usage(self.backend.model, usage)
+        if self.forwarder.on_usage is not None:
+            self.forwarder.on_usage(self.request, self.backend.model, usage)
 
     async def failed_with_status(self) -> _Failure:
         """A 5xx answer before the first byte: retryable. 503 means draining or a dead engine: eject too."""

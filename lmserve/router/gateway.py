@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from lmserve.errors import LmserveError
 from lmserve.router.backend import Backend
 from lmserve.router.config import RouterConfig
+from lmserve.router.cost import CostMeter
 from lmserve.router.forwarder import Forwarder
 from lmserve.router.health import HealthChecker
 from lmserve.router.metrics import RouterMetrics
@@ -37,7 +38,8 @@ class Gateway:
         self.transport = transport
         self.metrics = RouterMetrics()
         self.groups = {group.name: group for group in (ReplicaGroup(item, config) for item in config.groups)}
-        self.model_router = ModelRouter(list(self.groups))
+        self.model_router = ModelRouter(list(self.groups), config.routes)
+        self.cost = CostMeter(config, self.metrics)
         self.queue = DispatchQueue(config.max_queue_size, config.max_queue_wait, self.metrics)
         for backend in self.backends:
             self.metrics.add_backend(backend)
@@ -57,7 +59,9 @@ class Gateway:
             trust_env=False,  # replicas are reached directly, never through an HTTP proxy from the environment
             transport=self.transport,
         )
-        self.forwarder = Forwarder(client, self.queue, self.metrics, self.config.max_retries, self.eject)
+        self.forwarder = Forwarder(
+            client, self.queue, self.metrics, self.config.max_retries, self.eject, self.cost.observe
+        )
         checker = HealthChecker(
             self.backends, client, self.config.health_path, self.config.health_interval,
             self.config.health_timeout, self.health_changed,
@@ -89,8 +93,14 @@ class Gateway:
         become OpenAI-style error answers, with Retry-After when waiting may help."""
         model = ""
         try:
-            group = self.groups[self.model_router.route(request.body)]
+            choice = await self.model_router.route(request.body)
+            group = self.groups[choice.group]
             model = group.name
+            if choice.route is not None:
+                self.metrics.routing_decisions.labels(choice.route.name, choice.decision.label, model).inc()
+                logger.debug("route %s: %s -> %s %s", choice.route.name, choice.decision.label, model,
+                             choice.decision.reasons)
+                request = request.routed_to(model, choice.route.name)
             return model, await self.forwarder.forward(request, group)
         except LmserveError as error:
             response = error_response(error)

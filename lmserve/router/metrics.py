@@ -1,7 +1,8 @@
 """The router's Prometheus metrics (prefix `lmserve_router:`), in a registry of its own.
 
 Per replica (labels `model`, `backend`): requests by status, latency, outstanding requests, errors,
-retries, health and ejections. Per model: requests by status and tokens. And the queue's depth.
+retries, health and ejections. Per model: requests by status, tokens and cost. Per route: its decisions and the
+cost it saved. And the queue's depth.
 docs/router.md lists them.
 """
 
@@ -48,6 +49,17 @@ class RouterMetrics:
         self.prompt_tokens = self._counter("prompt_tokens", "Prompt tokens of answered requests.", ["model"])
         self.generation_tokens = self._counter(
             "generation_tokens", "Generated tokens of answered requests.", ["model"]
+        )
+        self.routing_decisions = self._counter(
+            "routing_decisions",
+            "Requests a route sent to a model, by the classifier's label.",
+            ["route", "label", "model"],
+        )
+        self.cost_dollars = self._counter("cost_dollars", "Dollars answered requests cost, by their usage.", ["model"])
+        self.cost_saved_dollars = self._counter(
+            "cost_saved_dollars",
+            "Dollars a route saved: what its complex model would have cost for the same usage, less what it cost.",
+            ["route"],
         )
         self.queue_depth = Gauge(PREFIX + "queue_depth", "Requests waiting for a replica.", registry=self.registry)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -31,10 +32,17 @@ class ProxyRequest:
     priority: int = 0  # lower is served first, as in `lmserve serve`
     stream: bool = False
     client_wants_usage: bool = False  # the client asked for stream_options.include_usage itself
+    route: str | None = None  # the route that chose the model (`"model": "auto"`), for the cost metrics
 
     @property
     def request_id(self) -> str:
         return self.headers[REQUEST_ID_HEADER]
+
+    def routed_to(self, model: str, route: str) -> ProxyRequest:
+        """This request with `model` in its body in place of the route's name: a replica answers only for its own."""
+        body = {**self.body, "model": model}
+        raw = json.dumps(body, ensure_ascii=False).encode()
+        return dataclasses.replace(self, raw=raw, body=body, route=route)
 
     def upstream_body(self) -> bytes:
         """The body sent to a replica. A stream always asks for its usage chunk, so the router can count

@@ -23,5 +23,8 @@ def run_router(config: RouterConfig) -> None:
     )
     for group in config.groups:
         logger.info("routing %s to %s (%s)", group.model or "every model", ", ".join(group.backends), group.policy)
+    for route in config.routes:
+        logger.info("routing %s to %s (simple) or %s (complex) by the %s classifier", route.name, route.simple,
+                    route.complex, route.classifier.kind)
     logger.info("router listening on http://%s:%d", config.host, config.port)
     uvicorn.Server(server_config).run()
