@@ -1,5 +1,7 @@
-"""`python -m lmserve.bench serve ...`."""
+"""`python -m lmserve.bench serve ...`: the same command as `lmserve bench serve ...`."""
 
-from lmserve.bench.cli import main
+import sys
 
-main()
+from lmserve.entrypoints.cli import main
+
+main(["bench", *sys.argv[1:]])

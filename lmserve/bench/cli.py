@@ -18,7 +18,7 @@ from lmserve.bench.metrics import parse_slos
 from lmserve.bench.report import format_summary, plot_latency, write_result
 from lmserve.bench.runner import LoadResult, run_load
 from lmserve.bench.workload import DEFAULT_NUM_RANDOM_PROMPTS, BenchRequest, load_dataset, random_requests
-from lmserve.errors import ConfigError, LmserveError
+from lmserve.errors import ConfigError
 
 ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
@@ -129,14 +129,3 @@ async def first_model(client: httpx.AsyncClient, api_base: str) -> str:
     except (httpx.HTTPError, ValueError, KeyError, IndexError) as error:
         raise ConfigError(f"could not list the models at {api_base}/v1/models ({error}); give --model") from error
 
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m lmserve.bench serve ...`: the bench commands on their own."""
-    parser = argparse.ArgumentParser(prog="python -m lmserve.bench", description="Benchmark a running server.")
-    add_bench_commands(parser)
-    args = parser.parse_args(argv)
-    try:
-        args.handler(args)
-    except LmserveError as error:
-        print(f"lmserve bench: error: {error}", file=sys.stderr)
-        sys.exit(2)

@@ -131,6 +131,8 @@ class SamplingMetadata:
             part = getattr(self, name)
             host += [None] * 3 if part is None else [part.row_indices, part.token_ids, part.values]
         present = [tensor for tensor in host if tensor is not None]
+        if not present:  # all greedy, nothing to add: no copy at all
+            return self
         moved = iter(move.move([tensor.numpy() for tensor in present]))
         on_device = [None if tensor is None else next(moved) for tensor in host]
         changes = dict(zip(columns, on_device[: len(columns)], strict=True))

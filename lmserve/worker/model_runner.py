@@ -237,10 +237,13 @@ class ModelRunner:
             (indices,) = self.staging.move([layout.sample_indices])
             hidden = hidden[indices]
         logits = self.model.compute_logits(hidden)
+        params = [r.sampling_params for r in requests]
+        # Only penalties read the outputs; slicing every request's token list each step would cost O(length).
+        with_penalties = any(p.has_penalties for p in params)
         metadata = SamplingMetadata.build(
-            params=[r.sampling_params for r in requests],
+            params=params,
             prompt_token_ids=[r.prompt_token_ids for r in requests],
-            output_token_ids=[r.output_token_ids for r in requests],
+            output_token_ids=[r.output_token_ids if with_penalties else [] for r in requests],
             # The token sampled now follows every computed one: count the outputs before it.
             num_output_tokens=[
                 batch.num_computed_tokens[i] + batch.num_new_tokens[i] - batch.requests[i].num_prompt_tokens

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lmserve.bench.cli import add_bench_parser, config_from_args, main, run_bench_serve
+from lmserve.bench.cli import add_bench_parser, config_from_args, run_bench_serve
+from lmserve.entrypoints.cli import main
 from tests.bench.test_report import PNG_MAGIC
 from tests.server.server_process import ServerProcess, free_port
 
@@ -95,7 +96,7 @@ def test_an_unknown_model_makes_failed_requests_not_a_crash(server: ServerProces
 ])
 def test_bad_options_exit_with_a_message(args: list[str], message: str, capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as exit_info:
-        main(["serve", "--num-prompts", "1", *args])
+        main(["bench", "serve", "--num-prompts", "1", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 

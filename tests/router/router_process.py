@@ -10,12 +10,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from unittest import mock
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server import server_process
 from tests.server.server_process import ServerProcess, free_port, wait_until_healthy
 
 MODEL = "default_model"  # the embedded model's served name
@@ -41,9 +39,8 @@ def stop_all(processes: list[ServerProcess]) -> None:
 
 
 def restart_replica(port: int, *args: str) -> ServerProcess:
-    """A replica on a given port (a killed one's): ServerProcess picks its port with free_port, so pin that."""
-    with mock.patch.object(server_process, "free_port", return_value=port):
-        return ServerProcess(None, *args, env=REPLICA_ENV)
+    """A replica on a given port: a killed one's, so the router sees it come back."""
+    return ServerProcess(None, *args, env=REPLICA_ENV, port=port)
 
 
 class RouterProcess:

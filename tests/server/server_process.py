@@ -48,8 +48,10 @@ class ServerProcess:
     As a context manager, it stops the server when the block ends.
     """
 
-    def __init__(self, model: str | Path | None, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, model: str | Path | None, *args: str, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
+        self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "lmserve.entrypoints.cli", "serve"]
         command += [str(model)] if model is not None else []
