@@ -1,9 +1,10 @@
 """Decode attention kernel speed: time per call and KV bandwidth, against the device's copy bandwidth.
 
     python -m benchmarks.attention_kernel --heads 16 --kv-heads 8 --batch-sizes 1 32 128 256 --context 512 2048
+    python -m benchmarks.attention_kernel --num-splits auto 1 2 4 8 16    # sweep the flash-decoding split
 
 Each request has one query token and `context` keys in randomly scattered cache blocks; small batches
-split their keys over several programs as the engine does (flash-decoding). The figure is the
+split their keys over several programs as the engine does (flash-decoding), or as `--num-splits` says. The figure is the
 median over CUDA-event-timed calls; bandwidth counts each request's keys and values read once. As a
 reference of what a tuned kernel reaches, the same shapes also run through torch's SDPA on contiguous
 (unpaged) keys and values.
@@ -44,7 +45,7 @@ def _row(kernel: str, batch: int, context: int, ms: float, kv_bytes: int, bandwi
 
 
 def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth: float) -> list[dict]:
-    """Rows for one (batch, context): the paged kernel at each block_n, then SDPA on contiguous keys."""
+    """Rows for one (batch, context): the paged kernel at each block_n and split, then SDPA on contiguous keys."""
     device = torch.device("cuda")
     blocks_per_seq = -(-context // args.block_size)
     num_blocks = batch * blocks_per_seq + 1
@@ -58,9 +59,11 @@ def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth:
     scale = args.head_dim**-0.5
     rows = []
     for block_n in args.block_n:
-        call = functools.partial(paged_attention, query, cache, tables, seq_lens, query_start_loc, 1, scale,
-                                 max_seq_len=context, block_n=block_n)
-        rows.append(_row(f"paged_attention(block_n={block_n})", batch, context, _median_ms(call), kv_bytes, bandwidth))
+        for num_splits in args.num_splits:
+            call = functools.partial(paged_attention, query, cache, tables, seq_lens, query_start_loc, 1, scale,
+                                     max_seq_len=context, block_n=block_n, num_splits=num_splits)
+            name = f"paged(block_n={block_n},splits={num_splits or 'auto'})"
+            rows.append(_row(name, batch, context, _median_ms(call), kv_bytes, bandwidth))
     del cache
     keys = torch.randn(batch, args.kv_heads, context, args.head_dim, dtype=torch.bfloat16, device=device)
     call = functools.partial(F.scaled_dot_product_attention, query[:, :, None, :], keys, torch.randn_like(keys),
@@ -78,15 +81,17 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 256])
     parser.add_argument("--context", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--block-n", type=int, nargs="+", default=[None])
+    parser.add_argument("--num-splits", type=lambda text: None if text == "auto" else int(text), nargs="+",
+                        default=[None], help="auto (the engine's choice) or a number; 1 does not split")
     parser.add_argument("--out", default="benchmarks/results/attention-kernel.json")
     args = parser.parse_args()
 
     bandwidth = measure_copy_bandwidth()
     rows = [row for context in args.context for batch in args.batch_sizes
             for row in measure_shape(args, batch, context, bandwidth)]
-    print(f"{'kernel':<34} {'batch':>5} {'context':>7} {'ms':>8} {'GB/s':>7} {'of copy bw':>10}")
+    print(f"{'kernel':<36} {'batch':>5} {'context':>7} {'ms':>8} {'GB/s':>7} {'of copy bw':>10}")
     for row in rows:
-        print(f"{row['kernel']:<34} {row['batch']:>5} {row['context']:>7} {row['ms']:>8.3f} "
+        print(f"{row['kernel']:<36} {row['batch']:>5} {row['context']:>7} {row['ms']:>8.3f} "
               f"{row['bytes_per_s'] / 1e9:>7.0f} {row['of_copy_bandwidth']:>10.1%}")
     report = {**environment(), "shape": vars(args), "bandwidth_bytes_per_s": bandwidth, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@ block table `BLOCK_N` at a time (a tile may span several cache blocks) with an o
 Decode tokens (query length 1) get tiles of one token: the rows are the group's heads, padded to 16 rows
 for the tensor-core MMA. A small decode batch would leave most of the GPU idle with one program per
 (request, kv head), so its keys are split over several programs whose partial softmaxes a second
-kernel merges (flash-decoding).
+kernel merges (flash-decoding). The number of splits is fixed at launch (so a CUDA graph replays it);
+each request divides its own context evenly among them on the device, so a short context gets short
+splits rather than a few long ones and many empty ones.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _find_request(query_start_loc_ptr, num_requests, tile, BLOCK_Q: tl.constexpr
 
 # Ints that change from step to step are not specialised on (== 1, divisible by 16): each new combination
 # would otherwise compile the kernel again, for up to a second, in the middle of serving.
-@triton.jit(do_not_specialize=["num_requests", "stride_block_tables"])
+@triton.jit(do_not_specialize=["num_requests", "num_splits", "stride_block_tables"])
 def _paged_attention_kernel(
     query_ptr,
     cache_ptr,
@@ -81,7 +83,7 @@ def _paged_attention_kernel(
     HAS_WINDOW: tl.constexpr,
     FP32_DOT: tl.constexpr,  # float32 inputs: exact products ("ieee") instead of TF32
     DECODE_ONLY: tl.constexpr,  # every request has exactly one query token
-    SPLIT_SIZE: tl.constexpr,  # > 0: decode only, program_id(2) takes keys [split * SPLIT_SIZE, + SPLIT_SIZE)
+    SPLIT: tl.constexpr,  # decode only: program_id(2) of num_splits takes one share of the visible keys
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -123,9 +125,10 @@ def _paged_attention_kernel(
     key_start = 0
     if HAS_WINDOW:
         key_start = tl.maximum(first_pos - sliding_window + 1, 0) // BLOCK_N * BLOCK_N
-    if SPLIT_SIZE > 0:
-        key_start = tl.maximum(key_start, split * SPLIT_SIZE)
-        key_end = tl.minimum(key_end, (split + 1) * SPLIT_SIZE)
+    if SPLIT:
+        keys_per_split = tl.cdiv(tl.cdiv(key_end - key_start, num_splits), BLOCK_N) * BLOCK_N
+        key_start += split * keys_per_split
+        key_end = tl.minimum(key_end, key_start + keys_per_split)
 
     row_max = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: a fully masked tile then adds zeros
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -165,9 +168,9 @@ def _paged_attention_kernel(
         else:
             acc += tl.dot(probs.to(values.dtype), values)
 
-    if SPLIT_SIZE > 0:
+    if SPLIT:
         # This split's softmax-weighted values and the log2 of its weights' sum; `_merge_splits` combines
-        # them. A split past the context (or before the window) saw no key: its weight becomes 0 there.
+        # them. A split past the end of a short context saw no key: its weight becomes 0 there.
         partial_row = (token * (tl.num_programs(1) * GROUP) + head) * num_splits + split
         seen = row_sum > 0.0
         lse = tl.where(seen, row_max + tl.log2(tl.where(seen, row_sum, 1.0)), float("-inf"))
@@ -225,7 +228,7 @@ def paged_attention(
     max_seq_len: int | None = None,
     block_q: int | None = None,
     block_n: int | None = None,
-    split_size: int | None = None,
+    num_splits: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of each request's new queries over its whole context in the paged cache.
 
@@ -241,8 +244,8 @@ def paged_attention(
     the tile shape; tests use them to reach several tiles with tiny inputs. Returns `out` if given.
 
     Decode steps too small to fill the GPU (few requests, each a program per kv head) split each context
-    into chunks of `split_size` keys, attended by separate programs and merged after (flash-decoding).
-    `max_seq_len` (a host-side upper bound) sizes the split; `split_size` overrides the choice.
+    into `num_splits` even shares, attended by separate programs and merged after (flash-decoding).
+    `max_seq_len` (a host-side upper bound) caps the choice; `num_splits` overrides it (1: no split).
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = kv_cache.shape[3]
@@ -278,18 +281,16 @@ def paged_attention(
     block_m = max(16, block_q * group_pad)
     # Each request has at most query_len // block_q + 1 tiles (see _find_request); the spare ones exit at once.
     num_tiles = num_tokens // block_q + (num_requests if block_q > 1 else 0)
-    if split_size is None and max_query_len == 1 and max_seq_len is not None:
-        split_size = _decode_split_size(num_requests * num_kv_heads, max_seq_len, block_n, query.device)
-    if split_size is not None and max_query_len != 1:
+    if num_splits is None:
+        num_splits = 1
+        if max_query_len == 1 and max_seq_len is not None:
+            num_splits = _decode_num_splits(num_requests * num_kv_heads, max_seq_len, block_n, query.device)
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be at least 1, got {num_splits}")
+    if num_splits > 1 and max_query_len != 1:
         raise ValueError("only decode steps (max_query_len 1) split their keys")
-    if split_size is not None and (split_size < block_n or split_size % block_n):
-        raise ValueError(f"split_size must be a multiple of block_n ({block_n}), got {split_size}")
-    num_splits = 1
     partial_out = partial_lse = out  # unread without a split
-    if split_size is not None:
-        if max_seq_len is None:
-            raise ValueError("split_size needs max_seq_len")
-        num_splits = -(-max_seq_len // split_size)
+    if num_splits > 1:
         partial_out = torch.empty(num_tokens, num_heads, num_splits, head_dim, dtype=torch.float32, device=out.device)
         partial_lse = torch.empty(num_tokens, num_heads, num_splits, dtype=torch.float32, device=out.device)
 
@@ -325,11 +326,11 @@ def paged_attention(
         HAS_WINDOW=sliding_window is not None,
         FP32_DOT=is_fp32,
         DECODE_ONLY=max_query_len == 1,
-        SPLIT_SIZE=split_size or 0,
+        SPLIT=num_splits > 1,
         num_warps=8 if is_fp32 else 4,
         num_stages=2,
     )
-    if split_size is not None:
+    if num_splits > 1:
         _merge_splits_kernel[(num_tokens, num_heads)](
             partial_out,
             partial_lse,
@@ -344,18 +345,18 @@ def paged_attention(
     return out
 
 
-_MIN_SPLIT_KEYS = 256  # below this a split's programs do too little to pay for the merge
-_MAX_SPLITS = 16
-_PROGRAMS_PER_SM = 4  # a decode step with at least this many programs per SM fills the GPU unsplit
+_TARGET_PROGRAMS_PER_SM = 4  # a split decode step aims at this many programs per SM
+_MAX_SPLITS = 32  # the merge reads every split; beyond this it costs more than the splitting saves
 
 
-def _decode_split_size(num_programs: int, max_seq_len: int, block_n: int, device: torch.device) -> int | None:
-    """Keys per split for a decode step of `num_programs` (request, kv head) pairs; None: do not split."""
+def _decode_num_splits(num_programs: int, max_seq_len: int, block_n: int, device: torch.device) -> int:
+    """How many splits a decode step of `num_programs` (request, kv head) pairs takes; 1: no split.
+
+    Enough to give every SM work, but no more than a context of `max_seq_len` keys has key tiles.
+    """
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    if num_programs >= _PROGRAMS_PER_SM * num_sms or max_seq_len <= _MIN_SPLIT_KEYS:
-        return None
-    num_splits = min(-(-max_seq_len // _MIN_SPLIT_KEYS), _MAX_SPLITS)
-    return -(-max_seq_len // (num_splits * block_n)) * block_n
+    wanted = -(-_TARGET_PROGRAMS_PER_SM * num_sms // num_programs)
+    return max(1, min(wanted, _MAX_SPLITS, -(-max_seq_len // block_n)))
 
 
 def reference_paged_attention(

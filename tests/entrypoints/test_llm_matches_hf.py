@@ -84,30 +84,27 @@ def test_greedy_matches_hf_with_and_without_prefix_caching(tiny_models, hf_greed
     assert uncached_stats.prefix_cache_hits == 0
 
 
+@pytest.mark.parametrize("split", [True, False], ids=["decode-split", "unsplit"])
 @pytest.mark.parametrize("variant", ["qwen3", "mistral"])
-def test_greedy_matches_hf_with_the_triton_backend(tiny_models, hf_greedy, variant):
-    """The Triton kernels in the whole engine (natively on a GPU, in Triton's interpreter on the CPU)."""
+def test_greedy_matches_hf_with_the_triton_backend(tiny_models, hf_greedy, variant, split, monkeypatch):
+    """The Triton kernels in the whole engine (natively on a GPU, in Triton's interpreter on the CPU).
+
+    Small decode batches split their keys over several programs merged after (flash-decoding), windowed
+    layers too; with at most one split, each (request, kv head) is one program.
+    """
+    kernels = importlib.import_module("lmserve.kernels.paged_attention")  # the package re-exports the function
+    if not split:
+        monkeypatch.setattr(kernels, "_MAX_SPLITS", 1)
+    chosen = []
+    choose = kernels._decode_num_splits
+
+    def recording_choose(*args):
+        chosen.append(choose(*args))
+        return chosen[-1]
+
+    monkeypatch.setattr(kernels, "_decode_num_splits", recording_choose)
     model_dir = tiny_models.get(variant)
     prompts = [PROMPTS[1], PROMPTS[4], PROMPTS[7]]  # decode, chunked prefill, past the sliding window
     ours, _ = run_lmserve(model_dir, prompts, attention_backend="triton")
     assert ours == [hf_greedy(model_dir, variant, p) for p in prompts]
-
-
-@pytest.mark.parametrize("variant", ["qwen3", "mistral"])
-def test_greedy_matches_hf_with_decode_keys_split(tiny_models, hf_greedy, variant, monkeypatch):
-    """Decode attention split into 32-key chunks merged after (flash-decoding), windowed layers too."""
-    kernels = importlib.import_module("lmserve.kernels.paged_attention")  # the package re-exports the function
-    monkeypatch.setattr(kernels, "_MIN_SPLIT_KEYS", 32)
-    split_sizes = []
-    choose = kernels._decode_split_size
-
-    def recording_choose(*args):
-        split_sizes.append(choose(*args))
-        return split_sizes[-1]
-
-    monkeypatch.setattr(kernels, "_decode_split_size", recording_choose)
-    model_dir = tiny_models.get(variant)
-    prompts = [PROMPTS[4], PROMPTS[7]]
-    ours, _ = run_lmserve(model_dir, prompts, attention_backend="triton")
-    assert ours == [hf_greedy(model_dir, variant, p) for p in prompts]
-    assert any(size is not None for size in split_sizes)
+    assert (max(chosen) > 1) == split

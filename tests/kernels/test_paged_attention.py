@@ -50,35 +50,42 @@ def test_half_precision(dtype: torch.dtype) -> None:
 def test_decode_batch(num_heads: int, num_kv_heads: int) -> None:
     # max_query_len 1 selects one-token tiles; the 70-token context takes several key tiles.
     batch = make_batch(DECODES, num_heads, num_kv_heads, 16, 32)
-    out, expected = attend(batch, sliding_window=None)
+    out, expected = attend(batch, sliding_window=None, num_splits=1)
     torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
 
 
 @pytest.mark.parametrize("sliding_window", [None, 20])
-@pytest.mark.parametrize(("split_size", "block_n"), [(16, 16), (32, 16), (64, 32)])
-def test_decode_keys_split_over_programs(split_size: int, block_n: int, sliding_window: int | None) -> None:
-    # Contexts of 1 to 71 keys: some splits hold a part of a context, some nothing (past it, or before
-    # the window); the merge must weight each split by its softmax mass.
+@pytest.mark.parametrize(("num_splits", "block_n"), [(2, 16), (3, 16), (5, 32)])
+def test_decode_keys_split_over_programs(num_splits: int, block_n: int, sliding_window: int | None) -> None:
+    # Contexts of 1 to 71 keys, each divided among the splits: some splits hold a part of a context, some
+    # nothing (a context shorter than one tile per split); the merge must weight each by its softmax mass.
     batch = make_batch(DECODES, 4, 2, 16, 16)
-    out, expected = attend(batch, sliding_window, split_size=split_size, block_n=block_n)
+    out, expected = attend(batch, sliding_window, num_splits=num_splits, block_n=block_n)
     torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_split_decode_in_half_precision(dtype: torch.dtype) -> None:
     batch = make_batch(DECODES, 8, 2, 32, 16, dtype)
-    out, expected = attend(batch, sliding_window=None, split_size=32, block_n=16)
+    out, expected = attend(batch, sliding_window=None, num_splits=3, block_n=16)
     torch.testing.assert_close(out, expected, **HALF_TOLERANCE[dtype])
 
 
 def test_small_decode_batches_split_and_large_ones_do_not() -> None:
-    from lmserve.kernels.paged_attention import _decode_split_size
+    from lmserve.kernels.paged_attention import _decode_num_splits
 
     cpu = torch.device("cpu")  # taken as 132 SMs
-    assert _decode_split_size(num_programs=8, max_seq_len=4096, block_n=64, device=cpu) == 256
-    assert _decode_split_size(num_programs=8, max_seq_len=32768, block_n=64, device=cpu) == 2048  # 16 splits
-    assert _decode_split_size(num_programs=8, max_seq_len=200, block_n=64, device=cpu) is None  # short
-    assert _decode_split_size(num_programs=256 * 8, max_seq_len=4096, block_n=64, device=cpu) is None  # full GPU
+    assert _decode_num_splits(num_programs=8, max_seq_len=4096, block_n=64, device=cpu) == 32  # at most 32
+    assert _decode_num_splits(num_programs=8, max_seq_len=200, block_n=64, device=cpu) == 4  # one tile each
+    assert _decode_num_splits(num_programs=32 * 8, max_seq_len=4096, block_n=64, device=cpu) == 3
+    assert _decode_num_splits(num_programs=128 * 8, max_seq_len=4096, block_n=64, device=cpu) == 1  # full GPU
+    assert _decode_num_splits(num_programs=8, max_seq_len=50, block_n=64, device=cpu) == 1  # one tile
+
+
+def test_split_only_decode_steps() -> None:
+    batch = make_batch(MIXED, 4, 2, 16, 16)
+    with pytest.raises(ValueError, match="only decode steps"):
+        attend(batch, sliding_window=None, num_splits=2)
 
 
 @pytest.mark.parametrize(("block_size", "block_q", "block_n"), [(32, 2, 16), (8, 1, 32)])
