@@ -4,16 +4,18 @@
     python -m benchmarks.attention_kernel --num-splits auto 1 2 4 8 16    # sweep the flash-decoding split
 
 Each request has one query token and `context` keys in randomly scattered cache blocks; small batches
-split their keys over several programs as the engine does (flash-decoding), or as `--num-splits` says. The figure is the
-median over CUDA-event-timed calls; bandwidth counts each request's keys and values read once. As a
-reference of what a tuned kernel reaches, the same shapes also run through torch's SDPA on contiguous
-(unpaged) keys and values.
+split their keys over several programs as the engine does (flash-decoding), or as `--num-splits` says.
+`--block-n`, `--num-warps` and `--num-stages` sweep the tile. The figure is the median device time of
+calls replayed from a CUDA graph (as the engine's decode steps run them); bandwidth counts each request's
+keys and values read once. As a reference of what a tuned kernel reaches, the same shapes also run
+through torch's SDPA on contiguous (unpaged) keys and values.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -25,17 +27,23 @@ from benchmarks.workloads import environment, measure_copy_bandwidth
 from lmserve.kernels import paged_attention
 
 
-def _median_ms(fn, iterations: int = 50) -> float:
-    for _ in range(5):
+def _median_ms(fn, iterations: int = 20, calls_per_graph: int = 10) -> float:
+    """Device time per call: calls replayed from a CUDA graph, so the host's launch cost does not count."""
+    for _ in range(3):
         fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls_per_graph):
+            fn()
     times = []
     for _ in range(iterations):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / calls_per_graph)
     return statistics.median(times)
 
 
@@ -58,12 +66,14 @@ def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth:
     kv_bytes = 2 * batch * context * args.kv_heads * args.head_dim * 2
     scale = args.head_dim**-0.5
     rows = []
-    for block_n in args.block_n:
-        for num_splits in args.num_splits:
-            call = functools.partial(paged_attention, query, cache, tables, seq_lens, query_start_loc, 1, scale,
-                                     max_seq_len=context, block_n=block_n, num_splits=num_splits)
-            name = f"paged(block_n={block_n},splits={num_splits or 'auto'})"
-            rows.append(_row(name, batch, context, _median_ms(call), kv_bytes, bandwidth))
+    for block_n, num_warps, num_stages, num_splits in itertools.product(
+        args.block_n, args.num_warps, args.num_stages, args.num_splits
+    ):
+        call = functools.partial(paged_attention, query, cache, tables, seq_lens, query_start_loc, 1, scale,
+                                 max_seq_len=context, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
+                                 num_splits=num_splits)
+        name = f"paged(n={block_n},w={num_warps},s={num_stages},splits={num_splits or 'auto'})"
+        rows.append(_row(name, batch, context, _median_ms(call), kv_bytes, bandwidth))
     del cache
     keys = torch.randn(batch, args.kv_heads, context, args.head_dim, dtype=torch.bfloat16, device=device)
     call = functools.partial(F.scaled_dot_product_attention, query[:, :, None, :], keys, torch.randn_like(keys),
@@ -81,6 +91,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 256])
     parser.add_argument("--context", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--block-n", type=int, nargs="+", default=[None])
+    parser.add_argument("--num-warps", type=int, nargs="+", default=[None])
+    parser.add_argument("--num-stages", type=int, nargs="+", default=[None])
     parser.add_argument("--num-splits", type=lambda text: None if text == "auto" else int(text), nargs="+",
                         default=[None], help="auto (the engine's choice) or a number; 1 does not split")
     parser.add_argument("--out", default="benchmarks/results/attention-kernel.json")
@@ -89,9 +101,9 @@ def main() -> None:
     bandwidth = measure_copy_bandwidth()
     rows = [row for context in args.context for batch in args.batch_sizes
             for row in measure_shape(args, batch, context, bandwidth)]
-    print(f"{'kernel':<36} {'batch':>5} {'context':>7} {'ms':>8} {'GB/s':>7} {'of copy bw':>10}")
+    print(f"{'kernel':<40} {'batch':>5} {'context':>7} {'ms':>8} {'GB/s':>7} {'of copy bw':>10}")
     for row in rows:
-        print(f"{row['kernel']:<36} {row['batch']:>5} {row['context']:>7} {row['ms']:>8.3f} "
+        print(f"{row['kernel']:<40} {row['batch']:>5} {row['context']:>7} {row['ms']:>8.3f} "
               f"{row['bytes_per_s'] / 1e9:>7.0f} {row['of_copy_bandwidth']:>10.1%}")
     report = {**environment(), "shape": vars(args), "bandwidth_bytes_per_s": bandwidth, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -228,6 +228,8 @@ def paged_attention(
     max_seq_len: int | None = None,
     block_q: int | None = None,
     block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
     num_splits: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of each request's new queries over its whole context in the paged cache.
@@ -241,7 +243,8 @@ def paged_attention(
     The launch depends only on shapes and `max_query_len`, and each program loops over its request's keys up
     to the seq_len it reads on the device: so a decode launch replays correctly from a CUDA graph.
     `block_q` (query tokens per tile) and `block_n` (keys per iteration, a power of two >= 16) override
-    the tile shape; tests use them to reach several tiles with tiny inputs. Returns `out` if given.
+    the tile shape; tests use them to reach several tiles with tiny inputs, and benchmarks (with
+    `num_warps` and `num_stages`) to tune it. Returns `out` if given.
 
     Decode steps too small to fill the GPU (few requests, each a program per kv head) split each context
     into `num_splits` even shares, attended by separate programs and merged after (flash-decoding).
@@ -327,8 +330,8 @@ def paged_attention(
         FP32_DOT=is_fp32,
         DECODE_ONLY=max_query_len == 1,
         SPLIT=num_splits > 1,
-        num_warps=8 if is_fp32 else 4,
-        num_stages=2,
+        num_warps=num_warps or (8 if is_fp32 else 4),
+        num_stages=num_stages or 2,
     )
     if num_splits > 1:
         _merge_splits_kernel[(num_tokens, num_heads)](

@@ -67,13 +67,13 @@ def compile_all_variants() -> None:
             "HAS_WINDOW": has_window,
             "FP32_DOT": dtype == "fp32",
             "DECODE_ONLY": decode_only,
-            "SPLIT_SIZE": 0,
+            "SPLIT": False,
         }
         compile_for_hopper(_paged_attention_kernel, dtype, constants, num_warps)
         if not decode_only:  # the request search is then a loop over constants
             compile_for_hopper(_paged_attention_kernel, dtype, constants | SINGLE_REQUEST, num_warps)
         else:  # a small decode batch splits its keys, then merges the splits
-            compile_for_hopper(_paged_attention_kernel, dtype, constants | {"SPLIT_SIZE": 256}, num_warps)
+            compile_for_hopper(_paged_attention_kernel, dtype, constants | {"SPLIT": True}, num_warps)
             compile_for_hopper(_merge_splits_kernel, dtype, {"SPLITS_PAD": 16, "HEAD_DIM": 128}, 4)
     compile_for_hopper(
         _write_kv_cache_kernel, "bf16", {"BLOCK_SIZE": 16, "HEADS_PAD": 1, "HEAD_DIM": 128, "num_kv_heads": 1}, 4
