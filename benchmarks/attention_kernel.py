@@ -17,34 +17,13 @@ import argparse
 import functools
 import itertools
 import json
-import statistics
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.workloads import environment, measure_copy_bandwidth
+from benchmarks.workloads import device_time_ms, environment, measure_copy_bandwidth
 from lmserve.kernels import paged_attention
-
-
-def _median_ms(fn, iterations: int = 20, calls_per_graph: int = 10) -> float:
-    """Device time per call: calls replayed from a CUDA graph, so the host's launch cost does not count."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls_per_graph):
-            fn()
-    times = []
-    for _ in range(iterations):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls_per_graph)
-    return statistics.median(times)
 
 
 def _row(kernel: str, batch: int, context: int, ms: float, kv_bytes: int, bandwidth: float) -> dict:
@@ -73,12 +52,12 @@ def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth:
                                  max_seq_len=context, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                                  num_splits=num_splits)
         name = f"paged(n={block_n},w={num_warps},s={num_stages},splits={num_splits or 'auto'})"
-        rows.append(_row(name, batch, context, _median_ms(call), kv_bytes, bandwidth))
+        rows.append(_row(name, batch, context, device_time_ms(call), kv_bytes, bandwidth))
     del cache
     keys = torch.randn(batch, args.kv_heads, context, args.head_dim, dtype=torch.bfloat16, device=device)
     call = functools.partial(F.scaled_dot_product_attention, query[:, :, None, :], keys, torch.randn_like(keys),
                              enable_gqa=True)
-    rows.append(_row("torch sdpa, contiguous", batch, context, _median_ms(call), kv_bytes, bandwidth))
+    rows.append(_row("torch sdpa, contiguous", batch, context, device_time_ms(call), kv_bytes, bandwidth))
     return rows
 
 
