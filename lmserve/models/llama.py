@@ -17,7 +17,7 @@ from torch import nn
 
 from lmserve.attention import Attention, AttentionMetadata
 from lmserve.errors import UnsupportedArchitectureError
-from lmserve.models.layers import Linear, MergedLinear, RMSNorm, RotaryEmbedding
+from lmserve.models.layers import MergedLinear, RMSNorm, RotaryEmbedding
 from lmserve.models.weights import StackedMapping, load_stacked_weights
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -74,7 +74,7 @@ class LlamaAttention(nn.Module):
         self.kv_size = num_kv_heads * self.head_dim
         hidden_size = hf_config.hidden_size
         self.qkv_proj = MergedLinear(hidden_size, [self.q_size, self.kv_size, self.kv_size], options.qkv_bias)
-        self.o_proj = Linear(self.q_size, hidden_size, bias=options.output_bias)
+        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=options.output_bias)
         self.q_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps) if options.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps) if options.qk_norm else None
         self.head_norms = (self.q_norm, self.k_norm) if options.qk_norm else None
@@ -99,7 +99,7 @@ class LlamaMLP(nn.Module):
         bias = bool(getattr(hf_config, "mlp_bias", False))
         hidden_size, intermediate_size = hf_config.hidden_size, hf_config.intermediate_size
         self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size, intermediate_size], bias)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)

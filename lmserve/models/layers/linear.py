@@ -1,33 +1,14 @@
-"""Linear layers: one-token steps on the GPU take a matrix-vector kernel; fused projections share one matmul."""
+"""Fused projections: several linear layers over the same input computed as one matmul."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
-
-class Linear(nn.Linear):
-    """`nn.Linear` whose batch-1 decode on the GPU (one row, 16-bit) runs lmserve's matrix-vector kernel.
-
-    cuBLAS's one-row tiles leave part of the memory bandwidth unused on such shapes; see
-    benchmarks/gemv_kernel.py. Float32 stays on cuBLAS, whose results the tests compare exactly.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and _HAS_TRITON and x.shape[0] == 1 and x.dtype in (torch.bfloat16, torch.float16):
-            from lmserve.kernels.gemv import gemv  # needs triton: import on demand
-
-            return gemv(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
-
-
-class MergedLinear(Linear):
+class MergedLinear(nn.Linear):
     """Stacks sub-layers (q/k/v, or gate/up) along the output dim; one GEMM is faster than several.
 
     Checkpoints store the sub-layers separately, so the loader copies each into its `shard`.
