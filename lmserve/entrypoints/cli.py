@@ -1,4 +1,5 @@
-"""The `lmserve` command line: `lmserve serve`, `lmserve generate`, `lmserve router` and `lmserve bench serve`."""
+"""The `lmserve` command line: `lmserve serve`, `lmserve generate`, `lmserve router`, `lmserve cluster` and
+`lmserve bench serve`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 
 from lmserve.bench.cli import add_bench_parser
+from lmserve.cluster.cli import add_cluster_parser
 from lmserve.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
 from lmserve.entrypoints.cli_args import add_dataclass_arguments, pick
 from lmserve.errors import LmserveError
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(sampling_options=add_dataclass_arguments(generate, SamplingParams), handler=run_generate)
 
     add_router_parser(commands)
+    add_cluster_parser(commands)
     add_bench_parser(commands)
     return parser
 

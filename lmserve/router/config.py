@@ -1,16 +1,18 @@
 """The router's configuration: one dataclass for each replica group (a model), one for each route (a model name
-whose requests a classifier spreads over two groups) and one for the router, read from a YAML file (`--config`)
-or built from `--backends` for a single model; validated once here."""
+whose requests a classifier or a cascade spreads over two groups) and one for the router, read from a YAML file
+(`--config`) or built from `--backends` for a single model; validated once here."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lmserve.config_mapping import build_dataclass
 from lmserve.errors import ConfigError
 from lmserve.router.classifier import LABELS, ClassifierConfig
 
@@ -67,13 +69,36 @@ class ReplicaGroupConfig:
 
 
 @dataclass
+class CascadeConfig:
+    """A route's cascade: its simple model answers every request first, and the complex model answers instead when
+    the simple answer's mean token logprob (its confidence) is below `min_mean_logprob`."""
+
+    min_mean_logprob: float
+
+    def __post_init__(self) -> None:
+        value = self.min_mean_logprob
+        if isinstance(value, str):  # YAML 1.1 reads exponents without a dot (-1e9) as text
+            try:
+                value = self.min_mean_logprob = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value > 0:
+            raise ConfigError(
+                f"cascade min_mean_logprob must be a number at most 0 (a logprob never exceeds 0), e.g. -1.5; "
+                f"got {value!r}"
+            )
+
+
+@dataclass
 class RouteConfig:
-    """A model name clients may ask for (`"model": "auto"`) that the classifier turns into one of two groups."""
+    """A model name clients may ask for (`"model": "auto"`) that is turned into one of two groups: by the classifier,
+    or with a cascade, by trying the simple group first and escalating to the complex one."""
 
     name: str
-    simple: str  # the group that serves requests labeled "simple"
-    complex: str  # ... and "complex"
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    simple: str  # the group that serves requests labeled "simple"; a cascade's first try
+    complex: str  # ... and "complex"; a cascade's escalations
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # unused by a cascade
+    cascade: CascadeConfig | None = None
 
     def target(self, label: str) -> str:
         """The group's name for a classifier label."""
@@ -145,55 +170,74 @@ class RouterConfig:
 
 
 def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
-    """A RouterConfig from a YAML file: router fields at the top level, under `models` each model's name mapped to
-    its group's fields, and under `routes` each route's name mapped to its fields. `overrides` (command-line flags)
-    win over the file."""
+    """A RouterConfig from a YAML file (see `config_from_mapping`); `overrides` (command-line flags) win over it."""
     try:
         document = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"cannot read the router config {str(path)!r}: {error}") from error
+    return config_from_mapping(document, str(path), **overrides)
+
+
+def config_from_mapping(document: Any, where: str, **overrides: Any) -> RouterConfig:
+    """A RouterConfig from a config file's mapping: router fields at the top level, under `models` each model's
+    name mapped to its group's fields, and under `routes` each route's name mapped to its fields. Errors name
+    `where` (the file, or whatever built the mapping)."""
     if not isinstance(document, dict):
-        raise ConfigError(f"{path}: the router config must be a mapping")
+        raise ConfigError(f"{where}: the router config must be a mapping")
     document = {**document}
     if "groups" in document:
-        raise ConfigError(f"{path}: list the replica groups under `models`, not `groups`")
+        raise ConfigError(f"{where}: list the replica groups under `models`, not `groups`")
     models = document.pop("models", None)
     if not isinstance(models, dict) or not models:
-        raise ConfigError(f"{path}: `models` must map each model name to its backends and policy")
+        raise ConfigError(f"{where}: `models` must map each model name to its backends and policy")
     groups = []
     for name, fields in models.items():
         if not isinstance(fields, dict):
-            raise ConfigError(f"{path}: model {name!r} must be a mapping with `backends`")
-        where = f"{path}: model {name!r}"
+            raise ConfigError(f"{where}: model {name!r} must be a mapping with `backends`")
+        model_where = f"{where}: model {name!r}"
         fields = {**fields, "model": str(name)}
         if isinstance(price := fields.get("price_per_million_tokens"), dict):
-            fields["price_per_million_tokens"] = _build(TokenPrice, price, f"{where}: price_per_million_tokens")
-        groups.append(_build(ReplicaGroupConfig, fields, where))
-    routes = _load_routes(document.pop("routes", None) or {}, path)
-    return _build(RouterConfig, {**document, **overrides, "groups": groups, "routes": routes}, str(path))
+            part = f"{model_where}: price_per_million_tokens"
+            fields["price_per_million_tokens"] = build_dataclass(TokenPrice, price, part)
+        groups.append(build_dataclass(ReplicaGroupConfig, fields, model_where))
+    routes = _load_routes(document.pop("routes", None) or {}, where)
+    return build_dataclass(RouterConfig, {**document, **overrides, "groups": groups, "routes": routes}, where)
 
 
-def _load_routes(routes: Any, path: str | Path) -> list[RouteConfig]:
+def _load_routes(routes: Any, where: str) -> list[RouteConfig]:
     if not isinstance(routes, dict):
-        raise ConfigError(f"{path}: `routes` must map each route's name to its `simple` and `complex` models")
+        raise ConfigError(f"{where}: `routes` must map each route's name to its `simple` and `complex` models")
     built = []
     for name, fields in routes.items():
-        where = f"{path}: route {name!r}"
+        route_where = f"{where}: route {name!r}"
         if not isinstance(fields, dict):
-            raise ConfigError(f"{where} must be a mapping with `simple` and `complex`")
+            raise ConfigError(f"{route_where} must be a mapping with `simple` and `complex`")
+        cascade = "cascade" in fields
         missing = [label for label in LABELS if label not in fields]
         if missing:
-            raise ConfigError(f"{where}: name the model for {' and '.join(missing)} requests")
-        classifier = fields.get("classifier") or {}
-        if not isinstance(classifier, dict):
-            raise ConfigError(f"{where}: `classifier` must be a mapping, e.g. {{kind: heuristic}}")
-        try:
-            classifier = _build(ClassifierConfig, classifier, f"{where}: classifier")
-        except ConfigError as error:  # ClassifierConfig's own checks know nothing of the file or the route
-            message = str(error)
-            raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from error
-        built.append(_build(RouteConfig, {**fields, "name": str(name), "classifier": classifier}, where))
+            roles = "a cascade needs `simple` (answers first) and `complex` (escalations): " if cascade else ""
+            raise ConfigError(f"{route_where}: {roles}name the model for {' and '.join(missing)} requests")
+        if cascade and "classifier" in fields:
+            raise ConfigError(f"{route_where}: a cascade route sends every request to its simple model first; "
+                              "drop `classifier` or `cascade`")
+        classifier = _build_part(ClassifierConfig, fields, "classifier", route_where, "{kind: heuristic}")
+        fields = {**fields, "name": str(name), "classifier": classifier}
+        if cascade:
+            fields["cascade"] = _build_part(CascadeConfig, fields, "cascade", route_where, "{min_mean_logprob: -1.5}")
+        built.append(build_dataclass(RouteConfig, fields, route_where))
     return built
+
+
+def _build_part(cls: type, fields: dict[str, Any], name: str, where: str, example: str) -> Any:
+    """A route's `classifier` or `cascade` mapping built into its dataclass, errors naming the file and the route."""
+    part = fields.get(name) or {}
+    if not isinstance(part, dict):
+        raise ConfigError(f"{where}: `{name}` must be a mapping, e.g. {example}")
+    try:
+        return build_dataclass(cls, part, f"{where}: {name}")
+    except ConfigError as error:  # the dataclass's own checks know nothing of the file or the route
+        message = str(error)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from error
 
 
 def config_from_backends(backends: str, model: str | None = None, **options: Any) -> RouterConfig:
@@ -205,17 +249,6 @@ def config_from_backends(backends: str, model: str | None = None, **options: Any
     urls = [url.strip() for url in backends.split(",") if url.strip()]
     group = ReplicaGroupConfig(model=model, backends=urls, **group_options)
     return RouterConfig(groups=[group], **router_options)
-
-
-def _build(cls: type, fields: dict[str, Any], where: str) -> Any:
-    known = {item.name for item in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    try:
-        return cls(**fields)
-    except TypeError as error:
-        raise ConfigError(f"{where}: {error}") from error
 
 
 def _check_url(url: Any, where: str) -> str:

@@ -1,4 +1,5 @@
-"""What answered requests cost, from their usage and the configured per-model prices, and what routes saved."""
+"""What answered requests cost, from their usage and the configured per-model prices, and what routes saved (and
+cascades wasted on escalated answers)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from lmserve.router.request import ProxyRequest
 
 
 class CostMeter:
-    """Counts `cost_dollars_total{model}` and `cost_saved_dollars_total{route}`; models without a price cost nothing
-    and routes whose models lack one save nothing, so no made-up number ever appears."""
+    """Counts `cost_dollars_total{model}`, `cost_saved_dollars_total{route}` and a cascade's
+    `cost_wasted_dollars_total{route}`; models without a price cost nothing and routes whose models lack one save
+    nothing, so no made-up number ever appears."""
 
     def __init__(self, config: RouterConfig, metrics: RouterMetrics) -> None:
         self.metrics = metrics
@@ -20,16 +22,35 @@ class CostMeter:
 
     def observe(self, request: ProxyRequest, model: str, usage: object) -> None:
         """Count one answer's cost, and for a routed request, the saving over its route's complex model."""
+        cost = self._cost_of(model, usage)
+        if cost is None:
+            return
+        self.metrics.cost_dollars.labels(model).inc(cost)
+        if request.route is not None:
+            self._count_saving(request.route, usage, cost)
+
+    def observe_cascade(self, route: str, model: str, usage: object, accepted: bool) -> None:
+        """A cascade judged its simple answer, whose cost `observe` counted already. Accepted, it saved as any routed
+        answer does; escalated, it saved nothing and its cost was spent on top of the complex model's: wasted."""
+        cost = self._cost_of(model, usage)
+        if cost is None:
+            return
+        if accepted:
+            self._count_saving(route, usage, cost)
+        else:
+            self.metrics.cost_wasted_dollars.labels(route).inc(cost)
+
+    def _cost_of(self, model: str, usage: object) -> float | None:
         tokens = _tokens(usage)
         price = self.prices.get(model)
-        if tokens is None or price is None:
-            return
-        cost = _dollars(price, *tokens)
-        self.metrics.cost_dollars.labels(model).inc(cost)
-        complex_price = self.prices.get(self.complex_of.get(request.route, ""))
-        if complex_price is not None:
+        return None if tokens is None or price is None else _dollars(price, *tokens)
+
+    def _count_saving(self, route: str, usage: object, cost: float) -> None:
+        """What the route's complex model would have cost for the same usage, less `cost`."""
+        complex_cost = self._cost_of(self.complex_of.get(route, ""), usage)
+        if complex_cost is not None:
             # The same token counts on the complex model: an estimate, as its tokenizer and answer would differ.
-            self.metrics.cost_saved_dollars.labels(request.route).inc(max(_dollars(complex_price, *tokens) - cost, 0))
+            self.metrics.cost_saved_dollars.labels(route).inc(max(complex_cost - cost, 0))
 
 
 def _tokens(usage: object) -> tuple[int, int] | None:

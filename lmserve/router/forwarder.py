@@ -25,7 +25,7 @@ from lmserve.router.metrics import RouterMetrics
 from lmserve.router.queue import DispatchQueue
 from lmserve.router.replica_group import ReplicaGroup
 from lmserve.router.request import HOP_BY_HOP_HEADERS, ProxyRequest
-from lmserve.router.sse import EventRelay
+from lmserve.router.sse import DONE_EVENT, EventRelay
 from lmserve.server.errors import ServerError, error_body
 
 logger = logging.getLogger("lmserve.router")
@@ -33,7 +33,6 @@ logger = logging.getLogger("lmserve.router")
 MODEL_HEADER = "X-Lmserve-Model"
 BACKEND_HEADER = "X-Lmserve-Backend"
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {"content-encoding", "date", "server"}
-DONE_EVENT = b"data: [DONE]\n\n"
 
 
 @dataclass

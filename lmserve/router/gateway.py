@@ -1,4 +1,5 @@
-"""The router's parts wired together: replica groups, the queue, the forwarder, health checks and metrics."""
+"""The router's parts wired together: replica groups, the queue, the forwarder, the cascade, health checks and
+metrics."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.responses import Response
 
 from lmserve.errors import LmserveError
 from lmserve.router.backend import Backend
+from lmserve.router.cascade import Cascade
 from lmserve.router.config import RouterConfig
 from lmserve.router.cost import CostMeter
 from lmserve.router.forwarder import Forwarder
@@ -44,6 +46,7 @@ class Gateway:
         for backend in self.backends:
             self.metrics.add_backend(backend)
         self.forwarder: Forwarder | None = None
+        self.cascade: Cascade | None = None
         self._health_task: asyncio.Task | None = None
 
     @property
@@ -62,6 +65,7 @@ class Gateway:
         self.forwarder = Forwarder(
             client, self.queue, self.metrics, self.config.max_retries, self.eject, self.cost.observe
         )
+        self.cascade = Cascade(self.forwarder, self.groups, self.metrics, self.cost)
         checker = HealthChecker(
             self.backends, client, self.config.health_path, self.config.health_interval,
             self.config.health_timeout, self.health_changed,
@@ -96,6 +100,8 @@ class Gateway:
             choice = await self.model_router.route(request.body)
             group = self.groups[choice.group]
             model = group.name
+            if choice.route is not None and choice.route.cascade is not None:
+                return await self.cascade.answer(request, choice.route)
             if choice.route is not None:
                 self.metrics.routing_decisions.labels(choice.route.name, choice.decision.label, model).inc()
                 logger.debug("route %s: %s -> %s %s", choice.route.name, choice.decision.label, model,

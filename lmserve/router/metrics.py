@@ -1,8 +1,9 @@
 """The router's Prometheus metrics (prefix `lmserve_router:`), in a registry of its own.
 
 Per replica (labels `model`, `backend`): requests by status, latency, outstanding requests, errors,
-retries, health and ejections. Per model: requests by status, tokens and cost. Per route: its decisions and the
-cost it saved. And the queue's depth.
+retries, health and ejections. Per model: requests by status, tokens and cost. Per route: its decisions, a
+cascade's accepted and escalated answers and their confidence, and the cost it saved (and a cascade wasted).
+And the queue's depth.
 docs/router.md lists them.
 """
 
@@ -15,6 +16,8 @@ from lmserve.server.metrics import REQUEST_SECONDS_BUCKETS
 
 PREFIX = "lmserve_router:"
 BACKEND_LABELS = ["model", "backend"]
+# A token's logprob is 0 when the model is certain and falls as it hesitates; finer steps where thresholds sit.
+MEAN_LOGPROB_BUCKETS = (-5.0, -4.0, -3.0, -2.5, -2.0, -1.75, -1.5, -1.25, -1.0, -0.75, -0.5, -0.25, -0.1, 0.0)
 
 
 class RouterMetrics:
@@ -55,10 +58,27 @@ class RouterMetrics:
             "Requests a route sent to a model, by the classifier's label.",
             ["route", "label", "model"],
         )
+        self.cascade_decisions = self._counter(
+            "cascade_decisions",
+            "Answers of a cascade route's simple model: accepted, or escalated to its complex model.",
+            ["route", "decision"],
+        )
+        self.cascade_mean_logprob = Histogram(
+            PREFIX + "cascade_mean_logprob",
+            "Mean token logprob of a cascade route's simple answers, the value its threshold is compared with.",
+            ["route"],
+            buckets=MEAN_LOGPROB_BUCKETS,
+            registry=self.registry,
+        )
         self.cost_dollars = self._counter("cost_dollars", "Dollars answered requests cost, by their usage.", ["model"])
         self.cost_saved_dollars = self._counter(
             "cost_saved_dollars",
             "Dollars a route saved: what its complex model would have cost for the same usage, less what it cost.",
+            ["route"],
+        )
+        self.cost_wasted_dollars = self._counter(
+            "cost_wasted_dollars",
+            "Dollars a cascade route spent on simple answers it escalated; cost_saved less this is the net saving.",
             ["route"],
         )
         self.queue_depth = Gauge(PREFIX + "queue_depth", "Requests waiting for a replica.", registry=self.registry)

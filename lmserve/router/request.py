@@ -32,17 +32,22 @@ class ProxyRequest:
     priority: int = 0  # lower is served first, as in `lmserve serve`
     stream: bool = False
     client_wants_usage: bool = False  # the client asked for stream_options.include_usage itself
-    route: str | None = None  # the route that chose the model (`"model": "auto"`), for the cost metrics
+    # The route that chose the model (`"model": "auto"`), whose saving the answer counts; None for a cascade's
+    # first try, whose saving is known only once the cascade has judged it.
+    route: str | None = None
 
     @property
     def request_id(self) -> str:
         return self.headers[REQUEST_ID_HEADER]
 
-    def routed_to(self, model: str, route: str) -> ProxyRequest:
+    def routed_to(self, model: str, route: str | None) -> ProxyRequest:
         """This request with `model` in its body in place of the route's name: a replica answers only for its own."""
-        body = {**self.body, "model": model}
+        return self.with_body({**self.body, "model": model}, route)
+
+    def with_body(self, body: dict[str, Any], route: str | None) -> ProxyRequest:
+        """This request with another body (whether it streams read from it), its saving counted for `route`."""
         raw = json.dumps(body, ensure_ascii=False).encode()
-        return dataclasses.replace(self, raw=raw, body=body, route=route)
+        return dataclasses.replace(self, raw=raw, body=body, stream=body.get("stream") is True, route=route)
 
     def upstream_body(self) -> bytes:
         """The body sent to a replica. A stream always asks for its usage chunk, so the router can count

@@ -14,7 +14,8 @@ from lmserve.router.replica_group import CATCH_ALL
 
 @dataclass
 class RouteChoice:
-    """Where a request goes: its group, and when a route chose that group, the route and the classifier's decision."""
+    """Where a request goes: its group, and when a route chose that group, the route and the classifier's decision
+    (none for a cascade route: its simple group answers first, and the cascade decides once it has)."""
 
     group: str
     route: RouteConfig | None = None
@@ -23,14 +24,14 @@ class RouteChoice:
 
 class ModelRouter:
     """Routes by the request's `model` field: a model's name picks its group; a route's name (`"model": "auto"`)
-    lets the route's classifier pick between its simple and complex groups."""
+    lets the route's classifier pick between its simple and complex groups, or for a cascade, picks the simple one."""
 
     def __init__(self, names: list[str], routes: list[RouteConfig] | None = None) -> None:
         self.names = names
         self.routes = {route.name: route for route in routes or []}
         # Built once at start: a kNN classifier loads its embedding model and embeds its examples here.
         self.classifiers: dict[str, Classifier] = {
-            route.name: build_classifier(route.classifier) for route in self.routes.values()
+            route.name: build_classifier(route.classifier) for route in self.routes.values() if route.cascade is None
         }
 
     @property
@@ -44,6 +45,8 @@ class ModelRouter:
         route = self.routes.get(model) if isinstance(model, str) else None
         if route is None:
             return RouteChoice(self.group_of(model))
+        if route.cascade is not None:
+            return RouteChoice(route.simple, route)
         classifier = self.classifiers[route.name]
         if route.classifier.kind == "knn":  # tens of milliseconds of embedding: keep the event loop free
             decision = await asyncio.to_thread(classifier.classify, body)

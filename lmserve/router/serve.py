@@ -24,7 +24,9 @@ def run_router(config: RouterConfig) -> None:
     for group in config.groups:
         logger.info("routing %s to %s (%s)", group.model or "every model", ", ".join(group.backends), group.policy)
     for route in config.routes:
-        logger.info("routing %s to %s (simple) or %s (complex) by the %s classifier", route.name, route.simple,
-                    route.complex, route.classifier.kind)
+        how = f"the {route.classifier.kind} classifier"
+        if route.cascade is not None:
+            how = f"a cascade (escalating below a mean logprob of {route.cascade.min_mean_logprob:g})"
+        logger.info("routing %s to %s (simple) or %s (complex) by %s", route.name, route.simple, route.complex, how)
     logger.info("router listening on http://%s:%d", config.host, config.port)
     uvicorn.Server(server_config).run()

@@ -1,13 +1,17 @@
 """A replica's server-sent events on their way to the client: cut into whole events, usage read from the
-final usage chunk, and that chunk stripped when the router (not the client) asked for it."""
+final usage chunk, and that chunk stripped when the router (not the client) asked for it. And a whole answer
+written as the stream a replica would have sent, for answers the router checks before the client sees them."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from lmserve.server.openai_protocol import ResponseHeader, chat_chunk_choice, completion_choice
+
 EVENT_END = b"\n\n"
 DATA = b"data: "
+DONE_EVENT = b"data: [DONE]\n\n"
 
 
 class EventRelay:
@@ -47,4 +51,33 @@ class EventRelay:
         if not chunk.get("choices"):
             return b""  # the usage chunk itself
         del chunk["usage"]
-        return DATA + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + EVENT_END
+        return encode_event(chunk)
+
+
+def answer_as_stream(answer: dict[str, Any], chat: bool, include_usage: bool) -> bytes:
+    """A whole (not streamed) answer as `lmserve serve` would have streamed it: for chat each choice's role, content
+    (with its logprobs) and finish reason as three chunks, for completions one chunk a choice; then the usage chunk
+    when the client asked for it, and [DONE]."""
+    header = ResponseHeader(answer.get("id", ""), answer.get("model", ""), answer.get("created", 0))
+    object_name = "chat.completion.chunk" if chat else "text_completion"
+    extra = {"usage": None} if include_usage else {}
+    choices = []
+    for choice in answer.get("choices") or []:
+        index, logprobs, finish_reason = choice.get("index", 0), choice.get("logprobs"), choice.get("finish_reason")
+        if chat:
+            content = (choice.get("message") or {}).get("content") or ""
+            choices += [
+                chat_chunk_choice(index, {"role": "assistant", "content": ""}),
+                chat_chunk_choice(index, {"content": content}, logprobs),
+                chat_chunk_choice(index, {}, finish_reason=finish_reason),
+            ]
+        else:
+            choices.append(completion_choice(index, choice.get("text", ""), logprobs, finish_reason))
+    events = [encode_event(header.body(object_name, [choice], **extra)) for choice in choices]
+    if include_usage:
+        events.append(encode_event(header.body(object_name, [], usage=answer.get("usage"))))
+    return b"".join(events) + DONE_EVENT
+
+
+def encode_event(chunk: dict[str, Any]) -> bytes:
+    return DATA + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + EVENT_END

@@ -23,10 +23,16 @@ REPLICA_ENV = {"OMP_NUM_THREADS": "1"}
 
 def start_replicas(count: int, *args: str) -> list[ServerProcess]:
     """`count` replicas of the embedded model, started side by side; all stopped if one fails."""
-    with ThreadPoolExecutor(count) as pool:
-        futures = [pool.submit(ServerProcess, None, *args, env=REPLICA_ENV) for _ in range(count)]
+    return start_servers([args] * count)
+
+
+def start_servers(arguments: list[tuple[str, ...]]) -> list[ServerProcess]:
+    """One replica of the embedded model for each tuple of `lmserve serve` arguments, started side by side; all
+    stopped if one fails."""
+    with ThreadPoolExecutor(len(arguments)) as pool:
+        futures = [pool.submit(ServerProcess, None, *args, env=REPLICA_ENV) for args in arguments]
     replicas = [future.result() for future in futures if future.exception() is None]
-    if len(replicas) < count:
+    if len(replicas) < len(arguments):
         stop_all(replicas)
         raise next(future.exception() for future in futures if future.exception() is not None)
     return replicas

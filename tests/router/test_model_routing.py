@@ -21,7 +21,7 @@ from lmserve.router.cost import CostMeter
 from lmserve.router.metrics import RouterMetrics
 from lmserve.router.request import parse_request
 from lmserve.router.routing import ModelRouter
-from tests.router.router_process import REPLICA_ENV, RouterProcess, stop_all
+from tests.router.router_process import RouterProcess
 from tests.server.helpers import assert_openai_error
 from tests.server.server_process import ServerProcess
 
@@ -114,25 +114,22 @@ def test_a_routed_request_names_its_model_and_counts_what_it_saved(tmp_path: Pat
 
 
 @pytest.fixture(scope="module")
-def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+def routed(
+    small_and_large: dict[str, ServerProcess], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
     """Replicas "small" and "large" behind a router whose route "auto" picks between them."""
-    with ThreadPoolExecutor(2) as pool:
-        futures = [
-            pool.submit(ServerProcess, None, "--served-model-name", name, env=REPLICA_ENV) for name in TARGET.values()
-        ]
-    replicas = [future.result() for future in futures if future.exception() is None]
-    if len(replicas) < len(futures):
-        stop_all(replicas)
-        raise next(future.exception() for future in futures if future.exception() is not None)
-    small, large = replicas
-    text = MODELS.replace("http://small:8000", small.url).replace("http://large:8000", large.url)
+    text = with_replicas(MODELS, small_and_large)
     # The test asks for 1 token to stay fast; small_max_tokens: 0 keeps that from voting "simple" itself.
     text += ROUTES.replace("threshold: 1.5", "small_max_tokens: 0")
-    try:
-        with RouterProcess("--config", str(write(tmp_path_factory.mktemp("router"), text))) as router:
-            yield router
-    finally:
-        stop_all(replicas)
+    with RouterProcess("--config", str(write(tmp_path_factory.mktemp("router"), text))) as router:
+        yield router
+
+
+def with_replicas(text: str, replicas: dict[str, ServerProcess]) -> str:
+    """A config's placeholder URLs (http://small:8000, ...) replaced with the replicas' own."""
+    for name, replica in replicas.items():
+        text = text.replace(f"http://{name}:8000", replica.url)
+    return text
 
 
 def send(router: RouterProcess, body: dict, client: httpx.Client) -> httpx.Response:
