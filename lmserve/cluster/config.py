@@ -68,7 +68,7 @@ class ModelDeploymentConfig:
     device: str = "auto"  # "cuda" on GPU nodes, "cpu" for CPU replicas
     engine: dict[str, Any] = field(default_factory=dict)  # fields of the engine's config classes, e.g. dtype
     server: dict[str, Any] = field(default_factory=dict)  # the replica's ServerConfig fields (REPLICA_SERVER_OPTIONS)
-    num_gpus: float = 0  # GPUs a replica takes: 1 on GPU nodes, one replica per GPU
+    num_gpus: float | None = None  # GPUs a replica takes; None: 1 for device "cuda" (one replica per GPU), else 0
     num_cpus: float = 1
     max_ongoing_requests: int = 16  # requests Ray Serve sends one replica at once; more wait in Ray Serve's queue
     env: dict[str, str] = field(default_factory=dict)  # environment variables of the replica's process
@@ -85,6 +85,8 @@ class ModelDeploymentConfig:
         if unknown := sorted(set(self.server) - set(REPLICA_SERVER_OPTIONS)):
             raise ConfigError(f"{where}: unknown server option(s) {', '.join(unknown)}; "
                               f"known: {', '.join(REPLICA_SERVER_OPTIONS)}")
+        if self.num_gpus is None:
+            self.num_gpus = 1 if self.device == "cuda" else 0
         if self.num_gpus < 0 or self.num_cpus < 0:
             raise ConfigError(f"{where}: num_gpus and num_cpus must be non-negative")
         if self.max_ongoing_requests < 1:

@@ -19,7 +19,10 @@ models:
     max_ongoing_requests: 8
     autoscaling: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 2, upscale_delay_s: 5}
   large:
-    num_gpus: 1
+    device: cuda
+  half:
+    device: cuda
+    num_gpus: 0.5
 ingress:
   host: 0.0.0.0
   port: 9000
@@ -37,8 +40,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_a_config_file_becomes_deployments_and_the_ingress_router(tmp_path: Path) -> None:
     config = load_cluster_config(write(tmp_path, CONFIG))
-    small, large = config.models
-    assert (small.name, small.engine, large.num_gpus) == ("small", {"dtype": "float32", "max_num_seqs": 8}, 1)
+    small, large, half = config.models
+    assert (small.name, small.engine) == ("small", {"dtype": "float32", "max_num_seqs": 8})
+    # One GPU per replica on the GPU unless the file says otherwise; CPU replicas take none.
+    assert (small.num_gpus, large.num_gpus, half.num_gpus) == (0, 1, 0.5)
     assert small.autoscaling.ray_serve_options() == {
         "min_replicas": 1, "initial_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2,
         "upscale_delay_s": 5, "downscale_delay_s": 600.0,
@@ -47,6 +52,7 @@ def test_a_config_file_becomes_deployments_and_the_ingress_router(tmp_path: Path
     assert [(group.model, group.backends) for group in router.groups] == [
         ("small", ["http://127.0.0.1:9000/_lmserve/models/small"]),
         ("large", ["http://127.0.0.1:9000/_lmserve/models/large"]),
+        ("half", ["http://127.0.0.1:9000/_lmserve/models/half"]),
     ]
     assert router.max_queue_size == 32
     assert router.max_outstanding_per_backend == 4 * 8  # a model's backend stands for all its replicas
