@@ -1,11 +1,17 @@
-"""CUDA graphs for decode-only steps: one graph per batch size of a ladder, replayed on padded inputs.
+"""CUDA graphs for whole steps, replayed on padded inputs: decode-only steps by batch size, mixed steps by
+token count.
 
-A decode step launches a dozen small kernels per layer; issued one by one from Python they cost more
-than the GPU work itself at small batches. A graph captured once per batch size G replays them all at
-once. Every graph reads the same static input buffers: a step of B <= G requests, each computing one
-token, is padded on the host to G rows with dummy requests that write nothing (slot -1) and attend to
-one key of block 0, and copied into the buffers on the device. Every layer treats rows independently, so the real
-rows' results do not depend on the padding. Prefill and mixed steps stay eager.
+A step launches a dozen kernels per layer; issued one by one from Python they cost more than the GPU
+work itself at small batches, and a prefill chunk of thousands of tokens still waits on the host's
+launches of its small kernels. A graph captured once per shape replays them all at once. Every graph
+reads the same static input buffers:
+- a decode step of B <= G requests (one token each) is padded to G rows with dummy requests that write
+  nothing (slot -1) and attend to one key of block 0;
+- any other step of at most T tokens is padded to T tokens and to one request more than a step can
+  have: the spare requests compute nothing but the last, which computes every padding token as a fresh
+  context that writes nothing (see `StepLayout.padded_mixed`).
+Every layer treats tokens independently and attention reads only each request's own keys, so the real
+rows' results do not depend on the padding.
 """
 
 from __future__ import annotations
@@ -33,9 +39,8 @@ MAX_DEFAULT_CAPTURE_SIZE = 512
 WARMUP_RUNS = 2  # the first compiles the Triton kernels and sets up cuBLAS; nothing may do that mid-capture
 
 
-
 def capture_sizes(configured: list[int] | None, max_num_seqs: int) -> list[int]:
-    """The batch sizes to capture, ascending; no step has more requests than `max_num_seqs`.
+    """The decode batch sizes to capture, ascending; no step has more requests than `max_num_seqs`.
 
     Configured sizes are capped at `max_num_seqs`. The default ladder is 1, 2, 4, 8, 16, 24, 32, then
     every 16 up to min(max_num_seqs, 512), which is always included: a batch pads by at most 15 rows.
@@ -47,48 +52,85 @@ def capture_sizes(configured: list[int] | None, max_num_seqs: int) -> list[int]:
     return sorted({size for size in ladder if size <= largest} | {largest})
 
 
+def token_capture_sizes(configured: list[int] | None, max_num_batched_tokens: int) -> list[int]:
+    """The mixed-step token counts to capture, ascending; no step has more than `max_num_batched_tokens`.
+
+    Configured sizes are capped at `max_num_batched_tokens`. The default ladder is 256 times 1, 1.5, 2, 3,
+    4, 6, ... up to `max_num_batched_tokens`, which is always included: a step pads by at most a third.
+    """
+    if configured is not None:
+        return sorted({min(size, max_num_batched_tokens) for size in configured})
+    ladder, size = [], 256
+    while size < max_num_batched_tokens:
+        ladder += [size, size * 3 // 2]
+        size *= 2
+    return sorted({size for size in ladder if size < max_num_batched_tokens} | {max_num_batched_tokens})
+
+
 def padded_size(sizes: list[int], batch_size: int) -> int | None:
     """The smallest of the ascending `sizes` that holds `batch_size` requests; None if none does."""
     index = bisect.bisect_left(sizes, batch_size)
     return sizes[index] if index < len(sizes) else None
 
 
-class DecodeGraphs:
-    """One captured decode step per batch size; `run` replays the graph of the step's (padded) size.
+class StepGraphs:
+    """Captured steps keyed by their padded shape (tokens, requests); `pad` picks the shape for a step and
+    `run` replays its graph.
 
     Every graph reads the same static input buffers. Their block table columns past a step's width keep
     stale entries, which is harmless: a request reads only the columns its own seq_len reaches.
     """
 
     def __init__(
-        self, model: nn.Module, sizes: list[int], max_blocks_per_seq: int, block_size: int, device: torch.device
+        self,
+        model: nn.Module,
+        batch_sizes: list[int],
+        token_sizes: list[int],
+        max_num_seqs: int,
+        max_blocks_per_seq: int,
+        block_size: int,
+        device: torch.device,
     ) -> None:
         self.model = model
-        self.sizes = sorted(sizes)
+        self.batch_sizes = sorted(batch_sizes)
+        self.token_sizes = sorted(token_sizes)
+        self.mixed_requests = max_num_seqs + 1  # a step's requests and the spare one that takes the padding
         self.device = device
         self.max_blocks_per_seq = max_blocks_per_seq
         self.block_size = block_size
-        largest = self.sizes[-1]
-        vectors = torch.tensor([[PAD_TOKEN_ID], [PAD_POSITION], [PAD_SLOT], [PAD_SEQ_LEN]], device=device)
-        self.input_ids, self.positions, self.slot_mapping, self.seq_lens = vectors.repeat(1, largest).unbind(0)
-        self.block_tables = torch.zeros(largest, max_blocks_per_seq, dtype=torch.int64, device=device)
-        # One query token per request, so the offsets never change.
-        self.query_start_loc = torch.arange(largest + 1, dtype=torch.int64, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}  # each graph's static hidden states [size, hidden]
+        max_tokens = max(self.batch_sizes[-1], *self.token_sizes)
+        max_requests = max(self.batch_sizes[-1], self.mixed_requests if self.token_sizes else 0)
+        vectors = torch.tensor([[PAD_TOKEN_ID], [PAD_POSITION], [PAD_SLOT]], device=device)
+        self.input_ids, self.positions, self.slot_mapping = vectors.repeat(1, max_tokens).unbind(0)
+        self.seq_lens = torch.zeros(max_requests, dtype=torch.int64, device=device)
+        self.query_start_loc = torch.zeros(max_requests + 1, dtype=torch.int64, device=device)
+        self.block_tables = torch.zeros(max_requests, max_blocks_per_seq, dtype=torch.int64, device=device)
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, int], torch.Tensor] = {}  # each graph's static hidden states [tokens, hidden]
 
-    def graph_size(self, layout: StepLayout) -> int | None:
-        """The captured size to pad this step to; None unless it is decode-only and fits a graph."""
-        if not layout.is_decode_only or layout.block_tables.shape[1] > self.max_blocks_per_seq:
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """Every captured (tokens, requests): decode graphs, then mixed ones."""
+        return [(size, size) for size in self.batch_sizes] + [(t, self.mixed_requests) for t in self.token_sizes]
+
+    def pad(self, layout: StepLayout) -> StepLayout | None:
+        """The layout padded to a captured shape; None if none holds it."""
+        if layout.block_tables.shape[1] > self.max_blocks_per_seq:
             return None
-        return padded_size(self.sizes, layout.num_requests)
+        if layout.is_decode_only and (size := padded_size(self.batch_sizes, layout.num_requests)) is not None:
+            return layout.padded(size)
+        if layout.num_requests < self.mixed_requests and (
+            size := padded_size(self.token_sizes, layout.num_tokens)
+        ) is not None:
+            return layout.padded_mixed(size, self.mixed_requests)
+        return None
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Record a graph per size, largest first, all in one memory pool: intermediates freed at the end
+        """Record a graph per shape, largest first, all in one memory pool: intermediates freed at the end
         of a capture are reused by the next (smaller) one, which is safe as graphs never run concurrently.
 
-        The buffers hold padding rows only, so the warm-up and captured runs write nothing to the cache.
+        The buffers hold padding only, so the warm-up and captured runs write nothing to the cache.
         """
         start = time.perf_counter()
         torch.cuda.empty_cache()  # so that the free memory measured below changes only by what capture takes
@@ -97,43 +139,59 @@ class DecodeGraphs:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))  # the cache and buffers are initialised
         with torch.cuda.stream(stream):
-            for size in reversed(self.sizes):
+            for shape in sorted(self.shapes, reverse=True):
+                self._fill_with_padding(*shape)
                 for _ in range(WARMUP_RUNS):
-                    self._forward(size)
+                    self._forward(*shape)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    self.outputs[size] = self._forward(size)
-                self.graphs[size] = graph
+                    self.outputs[shape] = self._forward(*shape)
+                self.graphs[shape] = graph
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
         used = (free_before - torch.cuda.mem_get_info(self.device)[0]) / 2**20
         seconds = time.perf_counter() - start
-        logger.info("captured %d decode CUDA graphs (batch sizes up to %d) in %.1f s using %.0f MiB", len(self.sizes),
-                    self.sizes[-1], seconds, used)
+        logger.info("captured %d decode CUDA graphs (batch sizes up to %d) and %d mixed-step ones (%s tokens) "
+                    "in %.1f s using %.0f MiB", len(self.batch_sizes), self.batch_sizes[-1], len(self.token_sizes),
+                    self.token_sizes, seconds, used)
 
     def run(self, inputs: StepInputs) -> torch.Tensor:
-        """Replay the graph of the inputs' size (a captured one: see `graph_size`); its hidden states.
+        """Replay the graph of the inputs' shape (a padded layout's: see `pad`); its hidden states.
 
         The result is the graph's static output: read it before the next replay.
         """
-        size = inputs.input_ids.shape[0]
-        width = inputs.metadata.block_tables.shape[1]
-        self.input_ids[:size].copy_(inputs.input_ids)
-        self.positions[:size].copy_(inputs.positions)
-        self.slot_mapping[:size].copy_(inputs.metadata.slot_mapping)
-        self.seq_lens[:size].copy_(inputs.metadata.seq_lens)
-        self.block_tables[:size, :width].copy_(inputs.metadata.block_tables)
-        self.graphs[size].replay()
-        return self.outputs[size]
+        metadata = inputs.metadata
+        tokens, requests = inputs.input_ids.shape[0], metadata.seq_lens.shape[0]
+        self.input_ids[:tokens].copy_(inputs.input_ids)
+        self.positions[:tokens].copy_(inputs.positions)
+        self.slot_mapping[:tokens].copy_(metadata.slot_mapping)
+        self.seq_lens[:requests].copy_(metadata.seq_lens)
+        self.query_start_loc[: requests + 1].copy_(metadata.query_start_loc)
+        self.block_tables[:requests, : metadata.block_tables.shape[1]].copy_(metadata.block_tables)
+        self.graphs[tokens, requests].replay()
+        return self.outputs[tokens, requests]
 
-    def _forward(self, size: int) -> torch.Tensor:
+    def _fill_with_padding(self, tokens: int, requests: int) -> None:
+        """Buffers of a step that is all padding: one-token dummy requests, or one dummy context of `tokens`."""
+        self.slot_mapping.fill_(PAD_SLOT)
+        if requests != self.mixed_requests:  # decode sizes never reach a mixed step's request count
+            self.seq_lens[:requests].fill_(PAD_SEQ_LEN)
+            self.query_start_loc[: requests + 1].copy_(torch.arange(requests + 1, device=self.device))
+        else:
+            self.seq_lens[:requests].zero_()
+            self.seq_lens[requests - 1] = tokens
+            self.query_start_loc[: requests + 1].zero_()
+            self.query_start_loc[requests] = tokens
+
+    def _forward(self, tokens: int, requests: int) -> torch.Tensor:
         metadata = AttentionMetadata(
-            slot_mapping=self.slot_mapping[:size],
-            block_tables=self.block_tables[:size],
-            seq_lens=self.seq_lens[:size],
-            query_start_loc=self.query_start_loc[: size + 1],
-            max_query_len=1,
+            slot_mapping=self.slot_mapping[:tokens],
+            block_tables=self.block_tables[:requests],
+            seq_lens=self.seq_lens[:requests],
+            query_start_loc=self.query_start_loc[: requests + 1],
+            # Decode graphs take the one-token tiles; mixed ones the prefill tiles, which hold any query length.
+            max_query_len=tokens if requests == self.mixed_requests else 1,
             # An upper bound (the Triton kernels read each request's seq_len on the device instead).
             max_seq_len=self.max_blocks_per_seq * self.block_size,
         )
-        return self.model(self.input_ids[:size], self.positions[:size], metadata)
+        return self.model(self.input_ids[:tokens], self.positions[:tokens], metadata)

@@ -16,7 +16,7 @@ from lmserve.models import load_model
 from lmserve.outputs import PositionLogprobs
 from lmserve.sample import LogprobsTensors, Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
 from lmserve.sampling_params import SamplingParams
-from lmserve.worker.cuda_graphs import DecodeGraphs, capture_sizes
+from lmserve.worker.cuda_graphs import StepGraphs, capture_sizes, token_capture_sizes
 from lmserve.worker.input_preparation import StepLayout, layout_step, to_device
 from lmserve.worker.memory import profile_kv_cache_memory, profiling_pass
 from lmserve.worker.staging import HostToDevice, start_copy_to_host
@@ -90,8 +90,9 @@ class ModelRunner:
 
     `launch` queues a step's work without waiting for the device, so the engine can prepare the next
     step meanwhile. A token sampled by one step is fed to the next on the device: the host need not know
-    it yet. On CUDA with the Triton backend, decode-only steps replay CUDA graphs captured when the cache
-    is allocated (unless `enforce_eager`); every other step runs the model eagerly.
+    it yet. On CUDA with the Triton backend, steps replay CUDA graphs captured when the cache is allocated
+    (unless `enforce_eager`): decode-only ones by batch size, others by token count; a step no graph
+    holds runs the model eagerly.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -111,7 +112,7 @@ class ModelRunner:
         self.staging = HostToDevice(self.device)
         self.generators: dict[str, torch.Generator] = {}
         self.kv_caches: list[torch.Tensor] = []
-        self.decode_graphs: DecodeGraphs | None = None
+        self.graphs: StepGraphs | None = None
         # The tokens the last launched step sampled (on the device), and each sampling request's row.
         self._last_sampled: torch.Tensor | None = None
         self._last_sample_rows: dict[str, int] = {}
@@ -180,20 +181,23 @@ class ModelRunner:
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """Preallocate every layer's cache (zeroed, so unwritten slots are finite) and bind it; then
-        capture the decode CUDA graphs, which hold the cache's addresses."""
+        capture the CUDA graphs, which hold the cache's addresses."""
         model = self.config.model
         block_size = self.config.cache.block_size
         shape = (2, num_blocks, block_size, model.num_kv_heads, model.head_dim)
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
-        self.decode_graphs = None
+        self.graphs = None
         self.kv_caches = [torch.zeros(shape, dtype=model.torch_dtype, device=self.device) for _ in layers]
         for layer, kv_cache in zip(layers, self.kv_caches, strict=True):
             layer.bind(kv_cache, self.backend)
         if self.uses_cuda_graphs:
-            sizes = capture_sizes(self.config.runner.cuda_graph_batch_sizes, self.config.scheduler.max_num_seqs)
+            runner, scheduler = self.config.runner, self.config.scheduler
+            batch_sizes = capture_sizes(runner.cuda_graph_batch_sizes, scheduler.max_num_seqs)
+            token_sizes = token_capture_sizes(runner.cuda_graph_token_sizes, scheduler.max_num_batched_tokens)
             max_blocks_per_seq = -(-model.max_model_len // block_size)
-            self.decode_graphs = DecodeGraphs(self.model, sizes, max_blocks_per_seq, block_size, self.device)
-            self.decode_graphs.capture()
+            self.graphs = StepGraphs(self.model, batch_sizes, token_sizes, scheduler.max_num_seqs, max_blocks_per_seq,
+                                     block_size, self.device)
+            self.graphs.capture()
 
     def execute(self, batch: SchedulerOutput) -> ModelRunnerOutput:
         """Run a step and wait for its results."""
@@ -220,15 +224,15 @@ class ModelRunner:
         return step
 
     def _forward(self, layout: StepLayout) -> torch.Tensor:
-        """Hidden states [num_tokens, hidden]: a graph replay for decode-only steps, else an eager forward."""
-        graph_size = None if self.decode_graphs is None else self.decode_graphs.graph_size(layout)
-        inputs = to_device(layout if graph_size is None else layout.padded(graph_size), self.staging)
+        """Hidden states [num_tokens, hidden]: a graph replay when one holds the step, else an eager forward."""
+        padded = None if self.graphs is None else self.graphs.pad(layout)
+        inputs = to_device(layout if padded is None else padded, self.staging)
         if layout.pending_request_ids:
             rows = np.array([self._last_sample_rows[request_id] for request_id in layout.pending_request_ids])
             destinations, sources = self.staging.move([layout.pending_indices, rows])
             inputs.input_ids[destinations] = self._last_sampled[sources]
-        if graph_size is not None:
-            return self.decode_graphs.run(inputs)[: layout.num_tokens]
+        if padded is not None:
+            return self.graphs.run(inputs)[: layout.num_tokens]
         return self.model(inputs.input_ids, inputs.positions, inputs.metadata)
 
     def _sample(self, batch: SchedulerOutput, layout: StepLayout, hidden: torch.Tensor, step: LaunchedStep) -> None:

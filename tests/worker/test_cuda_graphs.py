@@ -1,4 +1,4 @@
-"""Decode CUDA graphs: the capture ladder, the padded static inputs, and graph outputs equal to eager ones.
+"""Step CUDA graphs: the capture ladders, the padded static inputs, and graph outputs equal to eager ones.
 
 The ladder and padding tests run anywhere (the padded forward runs the Triton kernels in the interpreter
 on a CPU); the tests marked `gpu` capture real graphs and need a CUDA device.
@@ -7,6 +7,7 @@ on a CPU); the tests marked `gpu` capture real graphs and need a CUDA device.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from lmserve import LLM, SamplingParams
 from lmserve.config import EngineConfig, RunnerConfig
 from lmserve.engine.scheduler import SchedulerOutput
 from lmserve.errors import ConfigError
-from lmserve.worker.cuda_graphs import DecodeGraphs, capture_sizes, padded_size
+from lmserve.worker.cuda_graphs import StepGraphs, capture_sizes, padded_size, token_capture_sizes
 from lmserve.worker.input_preparation import StepLayout, layout_step, to_device
 from lmserve.worker.model_runner import ModelRunner
 from tests.engine.test_scheduler import make_batch, make_request
@@ -34,6 +35,14 @@ def test_default_ladder_is_dense_for_small_batches_and_ends_at_max_num_seqs():
 
 def test_configured_sizes_are_sorted_deduplicated_and_capped():
     assert capture_sizes([64, 1, 8, 8], max_num_seqs=32) == [1, 8, 32]
+
+
+def test_token_ladder_grows_by_halves_and_doubles_up_to_the_step_budget():
+    assert token_capture_sizes(None, 8192) == [256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
+    assert token_capture_sizes(None, 1000) == [256, 384, 512, 768, 1000]
+    assert token_capture_sizes(None, 100) == [100]
+    assert token_capture_sizes([64, 9000, 64], 8192) == [64, 8192]
+    assert token_capture_sizes([], 8192) == []
 
 
 def test_a_batch_pads_to_the_next_captured_size():
@@ -59,14 +68,37 @@ def test_a_decode_step_is_padded_with_rows_that_write_nothing():
     assert step.query_start_loc.tolist() == [0, 1, 2, 3, 4]
 
 
-def test_only_decode_steps_that_fit_a_graph_get_one():
-    graphs = DecodeGraphs(nn.Identity(), [1, 2], max_blocks_per_seq=2, block_size=4, device=torch.device("cpu"))
-    assert graphs.graph_size(layout_step(decode_step([[1, 2]], [[0]]), block_size=4)) == 1
-    assert graphs.graph_size(layout_step(decode_step([[1, 2], [3, 4]], [[0], [1]]), block_size=4)) == 2
-    assert graphs.graph_size(layout_step(decode_step([[1, 2]] * 3, [[0], [1], [2]]), block_size=4)) is None
-    assert graphs.graph_size(layout_step(decode_step([[1] * 9], [[0, 1, 2]]), block_size=4)) is None  # too long
+def test_a_mixed_step_is_padded_with_one_context_that_writes_nothing():
     prefill = make_request("p", [1, 2, 3])
-    assert graphs.graph_size(layout_step(make_batch([prefill], [3], [[0]]), block_size=4)) is None
+    step = layout_step(make_batch([prefill], [3], [[5]]), block_size=4)
+    padded = step.padded_mixed(8, 4)
+    assert padded.token_ids.tolist() == [1, 2, 3, 0, 0, 0, 0, 0]
+    assert padded.positions.tolist() == [0, 1, 2, 0, 0, 0, 0, 0]
+    assert padded.slot_mapping.tolist() == [20, 21, 22, -1, -1, -1, -1, -1]
+    # Two spare requests compute nothing; the last computes the five padding tokens as a fresh context.
+    assert padded.query_start_loc.tolist() == [0, 3, 3, 3, 8]
+    assert padded.seq_lens.tolist() == [3, 0, 0, 5]
+    assert padded.block_tables.tolist() == [[5], [0], [0], [0]]
+    assert padded.sample_indices.tolist() == step.sample_indices.tolist() == [2]
+    with pytest.raises(ValueError, match="cannot pad"):
+        step.padded_mixed(8, 1)
+
+
+def test_each_step_pads_to_the_smallest_graph_that_holds_it():
+    graphs = StepGraphs(nn.Identity(), [1, 2], [4, 8], max_num_seqs=3, max_blocks_per_seq=3, block_size=4,
+                        device=torch.device("cpu"))
+
+    def shape(batch: SchedulerOutput) -> tuple[int, int] | None:
+        padded = graphs.pad(layout_step(batch, block_size=4))
+        return None if padded is None else (padded.num_tokens, padded.num_requests)
+
+    assert shape(decode_step([[1, 2]], [[0]])) == (1, 1)
+    assert shape(decode_step([[1, 2], [3, 4]], [[0], [1]])) == (2, 2)
+    assert shape(decode_step([[1, 2]] * 3, [[0], [1], [2]])) == (4, 4)  # past the decode sizes: mixed graph
+    assert shape(make_batch([make_request("p", [1, 2, 3])], [3], [[0]])) == (4, 4)
+    assert shape(make_batch([make_request("p", [1] * 9)], [5], [[0, 1]])) == (8, 4)
+    assert shape(make_batch([make_request("p", [1] * 9)], [9], [[0, 1, 2]])) is None  # more tokens than any graph
+    assert shape(decode_step([[1] * 13], [[0, 1, 2, 3]])) is None  # a block table wider than any graph's
 
 
 def test_no_graphs_on_the_cpu_or_with_enforce_eager(tiny_models):
@@ -109,22 +141,61 @@ def test_padding_rows_leave_the_real_rows_and_the_cache_alone(tiny_models):
     assert all(not kv_cache[:, 0].any() for kv_cache in runner.kv_caches)  # padding wrote nothing
 
 
+@torch.inference_mode()
+def test_mixed_padding_leaves_the_real_rows_and_the_cache_alone(tiny_models):
+    """A chunk of one prompt beside another's first chunk and a decode, padded as a mixed-step graph pads it."""
+    options = {"dtype": "float32", "device": DEVICE, "attention_backend": "triton", "enforce_eager": True}
+    config = EngineConfig.from_options(str(tiny_models.get("qwen3")), max_model_len=64, **options)
+    runner = ModelRunner(config)
+    runner.allocate_kv_cache(8)
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, 512) for _ in range(n)] for n in (20, 9, 4)]
+    block_ids = [[1, 2], [3], [4]]  # block 0, which the padding context reads, belongs to nobody
+    requests = [make_request(f"r{i}", p) for i, p in enumerate(prompts)]
+    first = make_batch(requests, [12, 9, 4], block_ids)  # r0's first chunk; r1 and r2 whole
+    for request, token in zip(requests, runner.execute(first).sampled_token_ids, strict=True):
+        request.num_computed_tokens += first.num_new_tokens[requests.index(request)]
+        if token is not None:
+            request.append_token(token)
+
+    step = layout_step(make_batch(requests, [8, 1, 1], block_ids), config.cache.block_size)  # r0's rest; decodes
+    eager = to_device(step, runner.staging)
+    expected = runner.model(eager.input_ids, eager.positions, eager.metadata)
+    padded_inputs = to_device(step.padded_mixed(40, 6), runner.staging)
+    padded = runner.model(padded_inputs.input_ids, padded_inputs.positions, padded_inputs.metadata)
+
+    torch.testing.assert_close(padded[: step.num_tokens], expected)
+    assert torch.isfinite(padded).all()
+    assert all(not kv_cache[:, 0].any() for kv_cache in runner.kv_caches)  # padding wrote nothing
+
+
 # GPU: greedy outputs with graphs equal eager outputs, token for token.
 
 
+@dataclass
+class Replay:
+    """A step that replayed a graph: its requests and tokens, whether it decoded only, and the graph's shape."""
+
+    num_requests: int
+    num_tokens: int
+    decode_only: bool
+    shape: tuple[int, int]
+
+
 @pytest.fixture
-def replays(monkeypatch) -> list[tuple[int, int]]:
-    """The (batch size, graph size) of every decode step that replays a graph during the test."""
+def replays(monkeypatch) -> list[Replay]:
+    """Every step that replays a graph during the test."""
     recorded = []
-    graph_size = DecodeGraphs.graph_size
+    pad = StepGraphs.pad
 
-    def recording_graph_size(graphs: DecodeGraphs, layout: StepLayout) -> int | None:
-        size = graph_size(graphs, layout)
-        if size is not None:
-            recorded.append((layout.num_requests, size))
-        return size
+    def recording_pad(graphs: StepGraphs, layout: StepLayout) -> StepLayout | None:
+        padded = pad(graphs, layout)
+        if padded is not None:
+            shape = (padded.num_tokens, padded.num_requests)
+            recorded.append(Replay(layout.num_requests, layout.num_tokens, layout.is_decode_only, shape))
+        return padded
 
-    monkeypatch.setattr(DecodeGraphs, "graph_size", recording_graph_size)
+    monkeypatch.setattr(StepGraphs, "pad", recording_pad)
     return recorded
 
 
@@ -155,24 +226,39 @@ def test_greedy_outputs_with_graphs_equal_eager(tiny_models, replays, variant, d
     assert replays == []
     ours, _ = generate(model_dir, prompts, max_tokens, dtype=dtype)
     assert ours == expected
-    # Default ladder 1, 2, 4, 8, 16, 24, 32, ...: sizes 29..1 all replay, exactly or padded.
-    assert {size for size, _ in replays} == set(range(1, 30))
-    assert {(24, 24), (16, 16), (1, 1), (23, 24), (17, 24), (3, 4)} <= set(replays)
+    # Default ladder 1, 2, 4, 8, 16, 24, 32, ...: decode sizes 29..1 all replay, exactly or padded.
+    decodes = {(replay.num_requests, replay.shape[0]) for replay in replays if replay.decode_only}
+    assert {size for size, _ in decodes} == set(range(1, 30))
+    assert {(24, 24), (16, 16), (1, 1), (23, 24), (17, 24), (3, 4)} <= decodes
+    assert any(not replay.decode_only for replay in replays)  # the prompts' steps replay a mixed graph
 
 
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_graphs_with_chunked_prefill_mixed_steps_and_preemption(tiny_models, replays, dtype):
-    # A 32-token budget chunks prompts and mixes them with decodes (eager); 10 blocks of 16 cannot hold
-    # 12 requests of up to 40 + 12 tokens, so one is preempted and recomputed. Decode-only steps of 5 or
-    # 6 requests exceed the largest graph (4) and run eagerly; those of 4 and 1 replay.
+    # A 32-token budget chunks prompts and mixes them with decodes; 10 blocks of 16 cannot hold 12
+    # requests of up to 40 + 12 tokens, so one is preempted and recomputed. Decode-only steps of up to 4
+    # requests replay decode graphs; larger ones, and the mixed steps, replay the 16- and 32-token graphs.
     model_dir = tiny_models.get("qwen3")
     prompts, max_tokens = staggered_batch(12, seed=1)
     options = {"dtype": dtype, "max_num_batched_tokens": 32, "max_model_len": 160, "num_kv_blocks": 10}
     expected, eager_stats = generate(model_dir, prompts, max_tokens, enforce_eager=True, **options)
-    ours, stats = generate(model_dir, prompts, max_tokens, cuda_graph_batch_sizes=[1, 2, 4], **options)
+    sizes = {"cuda_graph_batch_sizes": [1, 2, 4], "cuda_graph_token_sizes": [16, 32]}
+    ours, stats = generate(model_dir, prompts, max_tokens, **sizes, **options)
     assert ours == expected
     assert stats.num_preemptions > 0 and stats.num_preemptions == eager_stats.num_preemptions
-    assert replays and max(size for size, _ in replays) <= 4
+    assert {replay.shape for replay in replays} <= {(1, 1), (2, 2), (4, 4), (16, 13), (32, 13)}
+    assert any(replay.shape == (32, 13) and not replay.decode_only for replay in replays)
+    assert any(replay.decode_only and replay.num_requests > 4 for replay in replays)  # a decode past the ladder
     assert stats.num_used_blocks == 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_mixed_graphs_off_leave_prompt_steps_eager(tiny_models, replays):
+    prompts, max_tokens = staggered_batch(6, seed=2)
+    ours, _ = generate(tiny_models.get("qwen3"), prompts, max_tokens, dtype="float32", cuda_graph_token_sizes=[])
+    expected, _ = generate(tiny_models.get("qwen3"), prompts, max_tokens, dtype="float32", enforce_eager=True)
+    assert ours == expected
+    assert replays and all(replay.decode_only for replay in replays)
