@@ -7,9 +7,9 @@ launches of its small kernels. A graph captured once per shape replays them all 
 reads the same static input buffers:
 - a decode step of B <= G requests (one token each) is padded to G rows with dummy requests that write
   nothing (slot -1) and attend to one key of block 0;
-- any other step of at most T tokens is padded to T tokens and to one request more than a step can
-  have: the spare requests compute nothing but the last, which computes every padding token as a fresh
-  context that writes nothing (see `StepLayout.padded_mixed`).
+- any other step of at most T tokens is padded to T tokens and to a few requests more than a step can
+  have: spare requests that compute the padding tokens as fresh contexts that write nothing, each no
+  longer than a block table row reaches (see `StepLayout.padded_mixed`).
 Every layer treats tokens independently and attention reads only each request's own keys, so the real
 rows' results do not depend on the padding.
 """
@@ -31,6 +31,7 @@ from lmserve.worker.input_preparation import (
     PAD_TOKEN_ID,
     StepInputs,
     StepLayout,
+    padding_query_lens,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,10 +95,13 @@ class StepGraphs:
         self.model = model
         self.batch_sizes = sorted(batch_sizes)
         self.token_sizes = sorted(token_sizes)
-        self.mixed_requests = max_num_seqs + 1  # a step's requests and the spare one that takes the padding
         self.device = device
         self.max_blocks_per_seq = max_blocks_per_seq
         self.block_size = block_size
+        self.max_context = max_blocks_per_seq * block_size
+        # A step's requests and the spare ones that take its padding tokens, max_context at most each.
+        self.spare_requests = -(-max(self.token_sizes, default=1) // self.max_context)
+        self.mixed_requests = max_num_seqs + self.spare_requests
         max_tokens = max(self.batch_sizes[-1], *self.token_sizes)
         max_requests = max(self.batch_sizes[-1], self.mixed_requests if self.token_sizes else 0)
         vectors = torch.tensor([[PAD_TOKEN_ID], [PAD_POSITION], [PAD_SLOT]], device=device)
@@ -119,10 +123,10 @@ class StepGraphs:
             return None
         if layout.is_decode_only and (size := padded_size(self.batch_sizes, layout.num_requests)) is not None:
             return layout.padded(size)
-        if layout.num_requests < self.mixed_requests and (
+        if layout.num_requests + self.spare_requests <= self.mixed_requests and (
             size := padded_size(self.token_sizes, layout.num_tokens)
         ) is not None:
-            return layout.padded_mixed(size, self.mixed_requests)
+            return layout.padded_mixed(size, self.mixed_requests, self.max_context)
         return None
 
     @torch.inference_mode()
@@ -172,16 +176,16 @@ class StepGraphs:
         return self.outputs[tokens, requests]
 
     def _fill_with_padding(self, tokens: int, requests: int) -> None:
-        """Buffers of a step that is all padding: one-token dummy requests, or one dummy context of `tokens`."""
+        """Buffers of a step that is all padding: one-token dummy requests, or dummy contexts of `tokens` in all."""
         self.slot_mapping.fill_(PAD_SLOT)
         if requests != self.mixed_requests:  # decode sizes never reach a mixed step's request count
             self.seq_lens[:requests].fill_(PAD_SEQ_LEN)
             self.query_start_loc[: requests + 1].copy_(torch.arange(requests + 1, device=self.device))
         else:
-            self.seq_lens[:requests].zero_()
-            self.seq_lens[requests - 1] = tokens
-            self.query_start_loc[: requests + 1].zero_()
-            self.query_start_loc[requests] = tokens
+            query_lens = torch.from_numpy(padding_query_lens(tokens, requests, self.max_context)).to(self.device)
+            self.seq_lens[:requests].copy_(query_lens)
+            self.query_start_loc[0] = 0
+            torch.cumsum(query_lens, dim=0, out=self.query_start_loc[1 : requests + 1])
 
     def _forward(self, tokens: int, requests: int) -> torch.Tensor:
         metadata = AttentionMetadata(

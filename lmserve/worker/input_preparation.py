@@ -85,31 +85,37 @@ class StepLayout:
         )
 
 
-    def padded_mixed(self, num_tokens: int, num_requests: int) -> StepLayout:
+    def padded_mixed(self, num_tokens: int, num_requests: int, max_context: int) -> StepLayout:
         """The layout padded to exactly `num_tokens` tokens and `num_requests` (> this step's) requests, for a
-        CUDA graph of mixed steps. Padding requests come last: all but the last compute no token, and the last
-        computes every padding token (a fresh context of that length, which writes nothing: slot -1)."""
+        CUDA graph of mixed steps. Padding requests come last and share the padding tokens as fresh contexts
+        of at most `max_context` tokens (what a block table row reaches), which write nothing (slot -1)."""
         pad_tokens = num_tokens - self.num_tokens
-        pad_requests = num_requests - self.num_requests
-        if pad_tokens < 0 or pad_requests < 1:
-            raise ValueError(f"cannot pad {self.num_tokens} tokens of {self.num_requests} requests "
-                             f"to {num_tokens} tokens of {num_requests}")
+        if pad_tokens < 0:
+            raise ValueError(f"cannot pad {self.num_tokens} tokens to {num_tokens}")
+        query_lens = padding_query_lens(pad_tokens, num_requests - self.num_requests, max_context)
 
         def extend(array: np.ndarray, pad: int, value: int) -> np.ndarray:
             return np.concatenate([array, np.full((pad, *array.shape[1:]), value, dtype=array.dtype)])
 
-        seq_lens = extend(self.seq_lens, pad_requests, 0)
-        seq_lens[-1] = pad_tokens
         return dataclasses.replace(
             self,
             token_ids=extend(self.token_ids, pad_tokens, PAD_TOKEN_ID),
             positions=extend(self.positions, pad_tokens, PAD_POSITION),
             slot_mapping=extend(self.slot_mapping, pad_tokens, PAD_SLOT),
-            block_tables=extend(self.block_tables, pad_requests, 0),
-            seq_lens=seq_lens,
-            query_start_loc=np.concatenate([extend(self.query_start_loc, pad_requests - 1, self.num_tokens),
-                                            [num_tokens]]),
+            block_tables=extend(self.block_tables, len(query_lens), 0),
+            seq_lens=np.concatenate([self.seq_lens, query_lens]),
+            query_start_loc=np.concatenate([self.query_start_loc, self.num_tokens + np.cumsum(query_lens)]),
         )
+
+
+def padding_query_lens(pad_tokens: int, pad_requests: int, max_context: int) -> np.ndarray:
+    """How `pad_requests` padding requests share `pad_tokens`: the last ones take `max_context` each (the
+    very last the rest), the others none; each is a fresh context, so its seq_len is its query length."""
+    full, rest = divmod(pad_tokens, max_context)
+    lens = [max_context] * full + ([rest] if rest else [])
+    if len(lens) > pad_requests or pad_requests < 1:
+        raise ValueError(f"cannot pad {pad_tokens} tokens with {pad_requests} requests of at most {max_context}")
+    return np.array([0] * (pad_requests - len(lens)) + lens, dtype=np.int64)
 
 
 @dataclass

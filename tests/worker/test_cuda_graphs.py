@@ -71,7 +71,7 @@ def test_a_decode_step_is_padded_with_rows_that_write_nothing():
 def test_a_mixed_step_is_padded_with_one_context_that_writes_nothing():
     prefill = make_request("p", [1, 2, 3])
     step = layout_step(make_batch([prefill], [3], [[5]]), block_size=4)
-    padded = step.padded_mixed(8, 4)
+    padded = step.padded_mixed(8, 4, max_context=16)
     assert padded.token_ids.tolist() == [1, 2, 3, 0, 0, 0, 0, 0]
     assert padded.positions.tolist() == [0, 1, 2, 0, 0, 0, 0, 0]
     assert padded.slot_mapping.tolist() == [20, 21, 22, -1, -1, -1, -1, -1]
@@ -80,13 +80,20 @@ def test_a_mixed_step_is_padded_with_one_context_that_writes_nothing():
     assert padded.seq_lens.tolist() == [3, 0, 0, 5]
     assert padded.block_tables.tolist() == [[5], [0], [0], [0]]
     assert padded.sample_indices.tolist() == step.sample_indices.tolist() == [2]
+    # No padding context is longer than a block table row reaches: 13 tokens as 4 + 4 + 4 + 1.
+    chunked = step.padded_mixed(16, 6, max_context=4)
+    assert chunked.query_start_loc.tolist() == [0, 3, 3, 7, 11, 15, 16]
+    assert chunked.seq_lens.tolist() == [3, 0, 4, 4, 4, 1]
     with pytest.raises(ValueError, match="cannot pad"):
-        step.padded_mixed(8, 1)
+        step.padded_mixed(8, 1, max_context=16)
+    with pytest.raises(ValueError, match="cannot pad"):
+        step.padded_mixed(16, 3, max_context=4)
 
 
 def test_each_step_pads_to_the_smallest_graph_that_holds_it():
     graphs = StepGraphs(nn.Identity(), [1, 2], [4, 8], max_num_seqs=3, max_blocks_per_seq=3, block_size=4,
                         device=torch.device("cpu"))
+    assert (graphs.spare_requests, graphs.mixed_requests) == (1, 4)  # 8 padding tokens fit one 12-token context
 
     def shape(batch: SchedulerOutput) -> tuple[int, int] | None:
         padded = graphs.pad(layout_step(batch, block_size=4))
@@ -161,7 +168,8 @@ def test_mixed_padding_leaves_the_real_rows_and_the_cache_alone(tiny_models):
     step = layout_step(make_batch(requests, [8, 1, 1], block_ids), config.cache.block_size)  # r0's rest; decodes
     eager = to_device(step, runner.staging)
     expected = runner.model(eager.input_ids, eager.positions, eager.metadata)
-    padded_inputs = to_device(step.padded_mixed(40, 6), runner.staging)
+    # 30 padding tokens in contexts of at most 16 (a whole block table row of this tiny engine is 64).
+    padded_inputs = to_device(step.padded_mixed(40, 6, max_context=16), runner.staging)
     padded = runner.model(padded_inputs.input_ids, padded_inputs.positions, padded_inputs.metadata)
 
     torch.testing.assert_close(padded[: step.num_tokens], expected)
@@ -242,7 +250,8 @@ def test_graphs_with_chunked_prefill_mixed_steps_and_preemption(tiny_models, rep
     # requests replay decode graphs; larger ones, and the mixed steps, replay the 16- and 32-token graphs.
     model_dir = tiny_models.get("qwen3")
     prompts, max_tokens = staggered_batch(12, seed=1)
-    options = {"dtype": dtype, "max_num_batched_tokens": 32, "max_model_len": 160, "num_kv_blocks": 10}
+    options = {"dtype": dtype, "max_num_batched_tokens": 32, "max_model_len": 160, "num_kv_blocks": 10,
+               "max_num_seqs": 12}
     expected, eager_stats = generate(model_dir, prompts, max_tokens, enforce_eager=True, **options)
     sizes = {"cuda_graph_batch_sizes": [1, 2, 4], "cuda_graph_token_sizes": [16, 32]}
     ours, stats = generate(model_dir, prompts, max_tokens, **sizes, **options)
