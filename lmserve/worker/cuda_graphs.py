@@ -53,19 +53,9 @@ def capture_sizes(configured: list[int] | None, max_num_seqs: int) -> list[int]:
     return sorted({size for size in ladder if size <= largest} | {largest})
 
 
-def token_capture_sizes(configured: list[int] | None, max_num_batched_tokens: int) -> list[int]:
-    """The mixed-step token counts to capture, ascending; no step has more than `max_num_batched_tokens`.
-
-    Configured sizes are capped at `max_num_batched_tokens`. The default ladder is 256 times 1, 1.5, 2, 3,
-    4, 6, ... up to `max_num_batched_tokens`, which is always included: a step pads by at most a third.
-    """
-    if configured is not None:
-        return sorted({min(size, max_num_batched_tokens) for size in configured})
-    ladder, size = [], 256
-    while size < max_num_batched_tokens:
-        ladder += [size, size * 3 // 2]
-        size *= 2
-    return sorted({size for size in ladder if size < max_num_batched_tokens} | {max_num_batched_tokens})
+def token_capture_sizes(configured: list[int], max_num_batched_tokens: int) -> list[int]:
+    """The mixed-step token counts to capture, ascending, capped at `max_num_batched_tokens`."""
+    return sorted({min(size, max_num_batched_tokens) for size in configured})
 
 
 def padded_size(sizes: list[int], batch_size: int) -> int | None:
