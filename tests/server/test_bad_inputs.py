@@ -14,7 +14,8 @@ from tests.server.server_process import ServerProcess
 
 MAX_MODEL_LEN = 512  # the tiny model's max_position_embeddings
 VOCAB_SIZE = 512
-GOOD_PROMPT = {"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 2}
+# ignore_eos: a sampled end of text would otherwise stop a good request short of its two tokens, at random.
+GOOD_PROMPT = {"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 2, "ignore_eos": True}
 GOOD_CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 JSON = {"content-type": "application/json"}
 
