@@ -59,13 +59,17 @@ def build_router_config(config: ClusterConfig) -> RouterConfig:
     """The router's config: each model's one backend is its deployment's route on the local Ray Serve proxy.
 
     As that backend stands for all the model's replicas, it may take as many requests at once as the model's
-    replicas can at their largest, unless `ingress.router.max_outstanding_per_backend` says otherwise.
+    replicas can at their largest, and a failed request is retried on it after a pause (Ray Serve then picks
+    another replica), unless `ingress.router` says otherwise.
     """
     ingress = config.ingress
     base = f"http://{_local_host(ingress)}:{ingress.port}"
     models = {model.name: {"backends": [base + model_route_prefix(model.name)]} for model in config.models}
     capacity = max(model.autoscaling.max_replicas * model.max_ongoing_requests for model in config.models)
-    document = {"max_outstanding_per_backend": capacity, **ingress.router, "models": models, "routes": ingress.routes}
+    # A request whose replica died gets its 5xx from Ray Serve's proxy until Ray drops that replica (a second or
+    # so): retry after a pause, as Ray Serve then picks another.
+    defaults = {"max_outstanding_per_backend": capacity, "max_retries": 4, "retry_backoff": 0.5}
+    document = {**defaults, **ingress.router, "models": models, "routes": ingress.routes}
     return config_from_mapping(document, "ingress")
 
 

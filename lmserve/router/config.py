@@ -117,6 +117,9 @@ class RouterConfig:
     max_queue_size: int = 1024  # requests waiting for a replica; past it, 429
     max_queue_wait: float = 30.0  # seconds a request may wait for a replica; past it, 429 (or 503: none healthy)
     max_retries: int = 2  # further replicas a request may try after one failed before answering
+    # Seconds before the first retry, doubling after each: for a backend that stands for a pool (a Ray Serve
+    # deployment) whose failed member takes it a moment to drop. 0: retry at once, on another replica.
+    retry_backoff: float = 0.0
     health_interval: float = 2.0  # seconds between two active health checks of a replica
     health_timeout: float = 2.0
     health_path: str = "/health"  # "/ready" also takes draining replicas out
@@ -138,7 +141,7 @@ class RouterConfig:
         for name in ("max_outstanding_per_backend", "unhealthy_threshold", "healthy_threshold"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_queue_size", "max_retries"):
+        for name in ("max_queue_size", "max_retries", "retry_backoff"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
         for name in (

@@ -8,6 +8,7 @@ too; once an event went out, a failure ends the stream with an error event, neve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -55,9 +56,11 @@ class Forwarder:
         max_retries: int,
         eject: Callable[[Backend], None],
         on_usage: Callable[[ProxyRequest, str, object], None] | None = None,
+        retry_backoff: float = 0.0,
     ) -> None:
         self.client = client
         self.queue = queue
+        self.retry_backoff = retry_backoff
         self.metrics = metrics
         self.max_retries = max_retries
         self.eject = eject
@@ -74,6 +77,8 @@ class Forwarder:
         for attempt in range(self.max_retries + 1):
             if attempt > 0 and not group.has_healthy_backend:
                 break  # its failures ejected every replica: waiting for one to come back would only delay the 502
+            if attempt > 0 and self.retry_backoff > 0:
+                await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
             backend = await self.queue.acquire(group, key, request.priority, tried, retry=attempt > 0)
             result = await self._attempt(request, group, backend)
             if isinstance(result, Response):

@@ -63,7 +63,8 @@ class Gateway:
             transport=self.transport,
         )
         self.forwarder = Forwarder(
-            client, self.queue, self.metrics, self.config.max_retries, self.eject, self.cost.observe
+            client, self.queue, self.metrics, self.config.max_retries, self.eject, self.cost.observe,
+            self.config.retry_backoff,
         )
         self.cascade = Cascade(self.forwarder, self.groups, self.metrics, self.cost)
         checker = HealthChecker(

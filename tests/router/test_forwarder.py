@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -104,6 +105,19 @@ def test_a_5xx_before_the_answer_is_retried_on_another_replica() -> None:
     assert metric(gateway, "backend_retries_total", model="m", backend=A) == 1
     assert metric(gateway, "backend_errors_total", model="m", backend=A, kind="status") == 1
     assert metric(gateway, "backend_healthy", model="m", backend=A) == 1  # a 500 is the request's, not the replica's
+
+
+def test_retries_wait_a_doubling_backoff_when_configured() -> None:
+    # As behind a Ray Serve deployment: one backend whose failed member answers 5xx until it is dropped.
+    failures = iter([status(500), status(500)])
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        return next(failures, answer)(request)
+
+    started = time.monotonic()
+    response, _, gateway = run({A: flaky, B: flaky}, {}, max_retries=2, retry_backoff=0.1)
+    assert response.status_code == 200 and len(gateway.sent) == 3
+    assert time.monotonic() - started >= 0.1 + 0.2
 
 
 def test_an_unreachable_or_draining_replica_is_ejected_and_the_request_retried() -> None:
