@@ -67,8 +67,9 @@ def build_router_config(config: ClusterConfig) -> RouterConfig:
     models = {model.name: {"backends": [base + model_route_prefix(model.name)]} for model in config.models}
     capacity = max(model.autoscaling.max_replicas * model.max_ongoing_requests for model in config.models)
     # A request whose replica died gets its 5xx from Ray Serve's proxy until Ray drops that replica (a second or
-    # so): retry after a pause, as Ray Serve then picks another.
-    defaults = {"max_outstanding_per_backend": capacity, "max_retries": 4, "retry_backoff": 0.5}
+    # so): retry after a pause, as Ray Serve then picks another, and keep the model's one backend in service.
+    defaults = {"max_outstanding_per_backend": capacity, "max_retries": 4, "retry_backoff": 0.5,
+                "eject_on_failure": False}
     document = {**defaults, **ingress.router, "models": models, "routes": ingress.routes}
     return config_from_mapping(document, "ingress")
 

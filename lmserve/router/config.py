@@ -120,6 +120,9 @@ class RouterConfig:
     # Seconds before the first retry, doubling after each: for a backend that stands for a pool (a Ray Serve
     # deployment) whose failed member takes it a moment to drop. 0: retry at once, on another replica.
     retry_backoff: float = 0.0
+    # Take a replica out at once when a request cannot reach it or it answers 503 (health checks re-admit it).
+    # False for a backend that stands for a pool (a Ray Serve deployment): its failures are one member's.
+    eject_on_failure: bool = True
     health_interval: float = 2.0  # seconds between two active health checks of a replica
     health_timeout: float = 2.0
     health_path: str = "/health"  # "/ready" also takes draining replicas out

@@ -117,7 +117,7 @@ class Gateway:
 
     def eject(self, backend: Backend) -> None:
         """A request could not reach the replica: take it out now, not after the next failed checks."""
-        if backend.eject():
+        if self.config.eject_on_failure and backend.eject():
             self.health_changed(backend)
 
     def health_changed(self, backend: Backend) -> None:

@@ -128,6 +128,13 @@ def test_an_unreachable_or_draining_replica_is_ejected_and_the_request_retried()
         assert metric(gateway, "backend_ejections_total", model="m", backend=A) == 1
 
 
+def test_a_pool_backend_stays_in_service_after_a_failure() -> None:
+    response, _, gateway = run({A: status(503), B: answer}, {}, eject_on_failure=False)
+    assert response.status_code == 200 and gateway.sent == [A, B]
+    assert metric(gateway, "backend_healthy", model="m", backend=A) == 1
+    assert metric(gateway, "backend_ejections_total", model="m", backend=A) == 0
+
+
 def test_when_every_replica_fails_the_last_5xx_passes_on_or_502_says_none_answered() -> None:
     response, content, gateway = run({A: status(500), B: status(502)}, {}, max_retries=3)
     assert len(gateway.sent) == 4 and gateway.sent[:2] == [A, B]
