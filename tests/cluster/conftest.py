@@ -11,17 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 import ray
-from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from lmserve.cluster import lifecycle
 from lmserve.cluster.config import ClusterConfig, cluster_config_from_mapping
 from lmserve.cluster.status import DeploymentReplicas, read_deployments
 from tests.cluster.load import MODEL, PROMPTS, complete
-from tests.router.router_process import REPLICA_ENV
+from tests.router.router_process import REPLICA_ENV, metric_sum
 from tests.server.server_process import ServerProcess, free_port
 
 AUTOSCALING = {
@@ -45,11 +43,7 @@ class Cluster:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the ingress's /metrics samples `name` with these labels (0 when there are none)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return sum(
-            sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
-        )
+        return metric_sum(self.url, name, **labels)
 
     def running_replica_pids(self) -> dict[str, int]:
         """Each RUNNING replica of the model: its id and its process (a Ray worker of this test's Ray instance)."""

@@ -3,18 +3,14 @@ default model behind it, for the tests that talk to them over HTTP."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.server_process import ServerProcess, free_port, wait_until_healthy
+from tests.server.server_process import LoopbackProcess, ServerProcess
 
 MODEL = "default_model"  # the embedded model's served name
 # One compute thread per replica: several replicas' thread pools spinning on two cores slow every step 20-fold.
@@ -49,49 +45,29 @@ def restart_replica(port: int, *args: str) -> ServerProcess:
     return ServerProcess(None, *args, env=REPLICA_ENV, port=port)
 
 
-class RouterProcess:
-    """Starts `python -m lmserve.router ...` and waits until its /health answers 200; a context manager."""
+class RouterProcess(LoopbackProcess):
+    """A real `python -m lmserve.router ...`."""
 
     def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "lmserve.router", "--host", "127.0.0.1", "--port", str(self.port), *args]
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"lmserve-router-test-{self.port}.log"
-        self._log = open(self.log_path, "w+b")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
-        if (failure := wait_until_healthy(self.process, self.url)) is not None:
-            self.stop()
-            raise RuntimeError(f"the router: {failure}:\n{self.log_path.read_text(errors='replace')}")
-
-    def __enter__(self) -> RouterProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().__init__("lmserve router", ["lmserve.router"], args, None, None)
 
     def metric(self, name: str, **labels: str) -> float:
-        """The /metrics sample `name` whose labels include `labels`, summed over the others; 0 when absent."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name and labels.items() <= sample.labels.items()
-        )
+        return metric_sum(self.url, name, **labels)
 
     def backend_counts(self, urls: list[str]) -> dict[str, float]:
         """Requests each replica answered, by the router's count."""
         return {url: self.metric("lmserve_router:backend_requests_total", backend=url) for url in urls}
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+
+def metric_sum(url: str, name: str, **labels: str) -> float:
+    """The /metrics samples `name` whose labels include `labels`, summed over the others; 0 when absent."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

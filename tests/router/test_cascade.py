@@ -199,18 +199,24 @@ class Counts:
         return {key: value - self.before[key] for key, value in self.read().items()}
 
 
+def served(response: httpx.Response, model: str, decision: str) -> dict:
+    """The answer, checked: it succeeded, names `model` in its body and header, says `decision`, and carries no
+    logprobs (the client asked for none)."""
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["model"], response.headers["x-lmserve-model"]) == (model, model)
+    assert response.headers["x-lmserve-cascade"] == decision
+    assert [choice["logprobs"] for choice in answer["choices"]] == [None] * len(answer["choices"])
+    return answer
+
+
 def test_answers_that_pass_come_from_the_small_model_and_the_large_one_gets_nothing(
     cascade: RouterProcess, small_and_large: dict[str, ServerProcess]
 ) -> None:
     counts = Counts(cascade, "confident")
     small_cost = 0.0
     for body in REQUESTS:
-        response = ask(cascade.url, "confident", body)
-        assert response.status_code == 200, response.text
-        answer = response.json()
-        assert (answer["model"], response.headers["x-lmserve-model"]) == ("small", "small")
-        assert response.headers["x-lmserve-cascade"] == "accepted"
-        assert [choice["logprobs"] for choice in answer["choices"]] == [None] * len(answer["choices"])
+        answer = served(ask(cascade.url, "confident", body), "small", "accepted")
         alone = ask(small_and_large["small"].url, "small", body).json()
         assert texts(answer) == texts(alone) and answer["usage"] == alone["usage"]
         small_cost += cost(answer["usage"], "small")
@@ -235,14 +241,9 @@ def test_answers_that_fail_come_from_the_large_model_as_it_alone_answers(
     counts = Counts(cascade, "doubtful")
     small_cost = large_cost = 0.0
     for body in REQUESTS:
-        response = ask(cascade.url, "doubtful", body)
-        assert response.status_code == 200, response.text
-        answer = response.json()
-        assert (answer["model"], response.headers["x-lmserve-model"]) == ("large", "large")
-        assert response.headers["x-lmserve-cascade"] == "escalated"
+        answer = served(ask(cascade.url, "doubtful", body), "large", "escalated")
         alone = ask(small_and_large["large"].url, "large", body).json()
         assert texts(answer) == texts(alone) and answer["usage"] == alone["usage"]
-        assert [choice["logprobs"] for choice in answer["choices"]] == [None] * len(answer["choices"])
         small_cost += cost(ask(small_and_large["small"].url, "small", body).json()["usage"], "small")  # the first try
         large_cost += cost(answer["usage"], "large")
     changes = counts.changes()

@@ -27,46 +27,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_healthy(process: subprocess.Popen, url: str) -> str | None:
+def wait_until_healthy(process: subprocess.Popen, url: str, name: str) -> str | None:
     """Poll `url`/health until it answers 200 (None); else why not: the process exited or STARTUP_TIMEOUT passed."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            return f"lmserve serve exited with {process.returncode}"
+            return f"{name} exited with {process.returncode}"
         try:
             if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
                 return None
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    return f"lmserve serve did not become healthy in {STARTUP_TIMEOUT}s"
+    return f"{name} did not become healthy in {STARTUP_TIMEOUT}s"
 
 
-class ServerProcess:
-    """Starts `python -m lmserve.entrypoints.cli serve ...` and waits until /health answers 200.
-
-    As a context manager, it stops the server when the block ends.
-    """
+class LoopbackProcess:
+    """`python -m <module_args> --host 127.0.0.1 --port P <args>`, its output in a log file, waited for until its
+    /health answers 200. As a context manager, it stops the process when the block ends."""
 
     def __init__(
-        self, model: str | Path | None, *args: str, env: dict[str, str] | None = None, port: int | None = None
+        self, name: str, module_args: list[str], args: tuple[str, ...], env: dict[str, str] | None, port: int | None
     ) -> None:
         self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "lmserve.entrypoints.cli", "serve"]
-        command += [str(model)] if model is not None else []
-        command += ["--host", "127.0.0.1", "--port", str(self.port), *args]
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"lmserve-test-{self.port}.log"
+        command = [sys.executable, "-m", *module_args, "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"lmserve-{name.replace(' ', '-')}-{self.port}.log"
         self._log = open(self.log_path, "w+b")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
-        if (failure := wait_until_healthy(self.process, self.url)) is not None:
+        if (failure := wait_until_healthy(self.process, self.url, name)) is not None:
             log = self.log()
             self.stop()
             raise RuntimeError(f"{failure}:\n{log}")
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> LoopbackProcess:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -75,6 +71,26 @@ class ServerProcess:
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class ServerProcess(LoopbackProcess):
+    """A real `lmserve serve` (`python -m lmserve.entrypoints.cli serve [model] ...`)."""
+
+    def __init__(
+        self, model: str | Path | None, *args: str, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
+        module_args = ["lmserve.entrypoints.cli", "serve", *([str(model)] if model is not None else [])]
+        super().__init__("lmserve serve", module_args, args, env, port)
 
     def client(self, api_key: str = "unused", timeout: float = 60) -> openai.OpenAI:
         """An `openai` client of this server's /v1 API that does not retry."""
@@ -118,13 +134,3 @@ class ServerProcess:
         """Send SIGTERM and wait for the exit status."""
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()

@@ -81,7 +81,7 @@ def readme_server(tmp_path_factory) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
         try:
-            if (failure := wait_until_healthy(process, f"http://127.0.0.1:{port}")) is not None:
+            if (failure := wait_until_healthy(process, f"http://127.0.0.1:{port}", "lmserve serve")) is not None:
                 raise AssertionError(f"{failure}:\n{log_path.read_text()}")
             yield f"127.0.0.1:{port}"
         finally:

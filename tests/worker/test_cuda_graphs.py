@@ -118,21 +118,28 @@ def test_graph_sizes_must_be_positive(sizes):
         RunnerConfig(cuda_graph_batch_sizes=sizes)
 
 
-@torch.inference_mode()
-def test_padding_rows_leave_the_real_rows_and_the_cache_alone(tiny_models):
-    """The forward a graph records, run eagerly on padded buffers, gives the unpadded step's rows."""
+def prefilled_runner(tiny_models, lengths: list[int], chunks: list[int], block_ids: list[list[int]], seed: int):
+    """An eager float32 runner (Triton kernels) with 8 cache blocks, and requests with random prompts of `lengths`
+    after one step computed `chunks[i]` tokens of each; those that finished their prompt hold a sampled token."""
     options = {"dtype": "float32", "device": DEVICE, "attention_backend": "triton", "enforce_eager": True}
     config = EngineConfig.from_options(str(tiny_models.get("qwen3")), max_model_len=64, **options)
     runner = ModelRunner(config)
     runner.allocate_kv_cache(8)
-    rng = random.Random(0)
-    prompts = [[rng.randrange(3, 512) for _ in range(n)] for n in (5, 20, 3)]
+    rng = random.Random(seed)
+    requests = [make_request(f"r{i}", [rng.randrange(3, 512) for _ in range(n)]) for i, n in enumerate(lengths)]
+    first = make_batch(requests, chunks, block_ids)
+    for request, chunk, token in zip(requests, chunks, runner.execute(first).sampled_token_ids, strict=True):
+        request.num_computed_tokens += chunk
+        if token is not None:
+            request.append_token(token)
+    return config, runner, requests
+
+
+@torch.inference_mode()
+def test_padding_rows_leave_the_real_rows_and_the_cache_alone(tiny_models):
+    """The forward a graph records, run eagerly on padded buffers, gives the unpadded step's rows."""
     block_ids = [[1], [2, 3], [4]]  # block 0, which padding rows read, belongs to nobody
-    requests = [make_request(f"r{i}", p) for i, p in enumerate(prompts)]
-    prefill = make_batch(requests, [len(p) for p in prompts], block_ids)
-    for request, token in zip(requests, runner.execute(prefill).sampled_token_ids, strict=True):
-        request.num_computed_tokens = request.num_tokens
-        request.append_token(token)
+    config, runner, requests = prefilled_runner(tiny_models, [5, 20, 3], [5, 20, 3], block_ids, seed=0)
 
     step = layout_step(make_batch(requests, [1, 1, 1], block_ids), config.cache.block_size)
     eager = to_device(step, runner.staging)
@@ -148,19 +155,9 @@ def test_padding_rows_leave_the_real_rows_and_the_cache_alone(tiny_models):
 @torch.inference_mode()
 def test_mixed_padding_leaves_the_real_rows_and_the_cache_alone(tiny_models):
     """A chunk of one prompt beside another's first chunk and a decode, padded as a mixed-step graph pads it."""
-    options = {"dtype": "float32", "device": DEVICE, "attention_backend": "triton", "enforce_eager": True}
-    config = EngineConfig.from_options(str(tiny_models.get("qwen3")), max_model_len=64, **options)
-    runner = ModelRunner(config)
-    runner.allocate_kv_cache(8)
-    rng = random.Random(1)
-    prompts = [[rng.randrange(3, 512) for _ in range(n)] for n in (20, 9, 4)]
     block_ids = [[1, 2], [3], [4]]  # block 0, which the padding context reads, belongs to nobody
-    requests = [make_request(f"r{i}", p) for i, p in enumerate(prompts)]
-    first = make_batch(requests, [12, 9, 4], block_ids)  # r0's first chunk; r1 and r2 whole
-    for request, token in zip(requests, runner.execute(first).sampled_token_ids, strict=True):
-        request.num_computed_tokens += first.num_new_tokens[requests.index(request)]
-        if token is not None:
-            request.append_token(token)
+    # r0's first chunk; r1 and r2 whole.
+    config, runner, requests = prefilled_runner(tiny_models, [20, 9, 4], [12, 9, 4], block_ids, seed=1)
 
     step = layout_step(make_batch(requests, [8, 1, 1], block_ids), config.cache.block_size)  # r0's rest; decodes
     eager = to_device(step, runner.staging)
