@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from pathlib import Path
@@ -23,10 +22,10 @@ import torch
 
 from benchmarks.workloads import (
     environment,
-    kv_bytes_per_token,
+    latency_floor_seconds,
+    latency_prompts,
     load_config,
     measure_copy_bandwidth,
-    weight_bytes,
     write_model_dir,
 )
 
@@ -34,10 +33,9 @@ from benchmarks.workloads import (
 def _add_batch(engine, batch_size: int, input_len: int, output_len: int, seed: int, tag: str) -> None:
     from lmserve import SamplingParams
 
-    rng = random.Random(seed)
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
-    for index in range(batch_size):
-        engine.add_request(f"{tag}-{index}", [rng.randint(10, 99999) for _ in range(input_len)], params)
+    for index, prompt in enumerate(latency_prompts(batch_size, input_len, seed)):
+        engine.add_request(f"{tag}-{index}", prompt, params)
 
 
 def end_to_end_step_seconds(engine, batch_size: int, input_len: int, output_len: int, seed: int) -> float:
@@ -94,8 +92,7 @@ def main() -> None:
         lengths = (batch_size, args.input_len, args.output_len, args.seed)
         seconds = end_to_end_step_seconds(engine, *lengths)
         synchronized = synchronized_step_seconds(engine, *lengths)
-        mean_context = args.input_len + args.output_len / 2
-        floor = (weight_bytes(config) + batch_size * mean_context * kv_bytes_per_token(config)) / bandwidth
+        floor = latency_floor_seconds(config, batch_size, args.input_len, args.output_len, bandwidth)
         rows.append({"batch_size": batch_size, "ms_per_step": seconds * 1000, "floor_ms": floor * 1000,
                      "fraction_of_floor": floor / seconds, "synchronized_median_ms": synchronized * 1000})
     report = {**environment(), "config": args.config, "input_len": args.input_len, "output_len": args.output_len,

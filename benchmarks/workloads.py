@@ -49,6 +49,18 @@ def make_requests(num: int, input_len: tuple[int, int], output_len: tuple[int, i
     return requests
 
 
+def latency_prompts(batch_size: int, input_len: int, seed: int) -> list[list[int]]:
+    """The latency benchmark's prompts: `batch_size` random prompts of `input_len` token ids."""
+    rng = random.Random(seed)
+    return [[rng.randint(10, 99999) for _ in range(input_len)] for _ in range(batch_size)]
+
+
+def latency_floor_seconds(config: dict, batch_size: int, input_len: int, output_len: int, bandwidth: float) -> float:
+    """One decode step's floor: every weight and each request's mean context, read once."""
+    mean_context = input_len + output_len / 2
+    return (weight_bytes(config) + batch_size * mean_context * kv_bytes_per_token(config)) / bandwidth
+
+
 def load_config(name_or_path: str) -> dict:
     """A preset name (A, B) or a JSON file holding a Hugging Face config."""
     if name_or_path in PRESETS:

@@ -135,17 +135,17 @@ class RunnerConfig:
     """How the model runner executes a step.
 
     On CUDA with the Triton backend, steps replay CUDA graphs captured at start-up: decode-only steps one
-    for each of `cuda_graph_batch_sizes` (a batch pads to the next size), and, opted into, other steps one
-    for each of `cuda_graph_token_sizes` (a step pads to the next token count; none by default until these
-    graphs have been checked on a GPU); `enforce_eager` turns them off. The CPU always runs eagerly.
+    for each of `cuda_graph_batch_sizes` (a batch pads to the next size), and other steps (prefill chunks,
+    mixed batches) one for each of `cuda_graph_token_sizes` (a step pads to the next token count; an empty
+    list captures none); `enforce_eager` turns them all off. The CPU always runs eagerly.
     """
 
     attention_backend: str = "auto"  # "torch" (reference), "triton" (GPU kernels); auto: triton on CUDA
     enforce_eager: bool = False
     # None: 1, 2, 4, 8, 16, 24, 32, then every 16 up to min(max_num_seqs, 512); sizes are capped at max_num_seqs
     cuda_graph_batch_sizes: list[int] | None = None
-    # e.g. 256 512 1024 2048 4096 8192; sizes are capped at max_num_batched_tokens
-    cuda_graph_token_sizes: list[int] = field(default_factory=list)
+    # None: 256, 512, then every 1024 up to max_num_batched_tokens; sizes are capped at max_num_batched_tokens
+    cuda_graph_token_sizes: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ("auto", "torch", "triton"):
@@ -155,7 +155,7 @@ class RunnerConfig:
             raise ConfigError(
                 f"cuda_graph_batch_sizes must be positive integers (enforce_eager turns graphs off), got {sizes!r}"
             )
-        sizes = self.cuda_graph_token_sizes
+        sizes = self.cuda_graph_token_sizes or []
         if any(not isinstance(s, int) or s < 1 for s in sizes):
             raise ConfigError(f"cuda_graph_token_sizes must be positive integers, got {sizes!r}")
 

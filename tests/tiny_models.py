@@ -136,5 +136,5 @@ def lmserve_logits(model: nn.Module, token_ids: Sequence[int], split_at: Sequenc
         input_ids = torch.tensor(token_ids[start:end], device=device)
         positions = torch.arange(start, end, device=device)
         hidden = model(input_ids, positions, single_request_metadata(start, end - start, num_blocks, device))
-        logits.append(model.compute_logits(hidden))
+        logits.append(model.compute_logits(hidden).float())
     return torch.cat(logits)

@@ -186,8 +186,11 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, metadata)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [n, vocab]; callers pass only the rows they sample from."""
-        return F.linear(hidden_states, self.lm_head.weight).float()
+        """Logits [n, vocab] in the model's dtype; callers pass only the rows they sample from.
+
+        The sampler upcasts them to float32 where it computes with them; a greedy argmax needs no copy.
+        """
+        return F.linear(hidden_states, self.lm_head.weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy Hugging Face-named checkpoint tensors in; return the names of the parameters loaded."""

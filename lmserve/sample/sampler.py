@@ -25,7 +25,11 @@ class Sampler:
     """
 
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
-        """Sample from [rows, vocab] float32 logits; the input tensor is left unchanged."""
+        """Sample from [rows, vocab] logits of any float dtype; the input tensor is left unchanged."""
+        if _takes_argmax_only(metadata):
+            # Float32 holds every 16-bit value exactly, so upcasting first would give the same tokens.
+            return SamplerOutput(sampled_token_ids=logits.argmax(dim=-1), logprobs=None)
+        logits = logits.float()
         # Logprobs describe the model's own distribution, before any processing: that is what users
         # compare with other implementations.
         raw_logprobs = None if metadata.max_num_logprobs is None else torch.log_softmax(logits, dim=-1)
@@ -37,6 +41,12 @@ class Sampler:
             sampled_token_ids=sampled,
             logprobs=compute_logprobs(raw_logprobs, sampled, metadata.max_num_logprobs),
         )
+
+
+def _takes_argmax_only(metadata: SamplingMetadata) -> bool:
+    """Every row is greedy, with no logit changes and no logprobs: the tokens are the raw argmax."""
+    adjustments = (metadata.logit_bias, metadata.min_tokens_mask, metadata.penalties)
+    return metadata.all_greedy and metadata.max_num_logprobs is None and all(a is None for a in adjustments)
 
 
 def _adjust_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:

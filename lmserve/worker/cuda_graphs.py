@@ -53,8 +53,15 @@ def capture_sizes(configured: list[int] | None, max_num_seqs: int) -> list[int]:
     return sorted({size for size in ladder if size <= largest} | {largest})
 
 
-def token_capture_sizes(configured: list[int], max_num_batched_tokens: int) -> list[int]:
-    """The mixed-step token counts to capture, ascending, capped at `max_num_batched_tokens`."""
+def token_capture_sizes(configured: list[int] | None, max_num_batched_tokens: int) -> list[int]:
+    """The mixed-step token counts to capture, ascending, capped at `max_num_batched_tokens`.
+
+    The default ladder is 256, 512, then every 1024 up to `max_num_batched_tokens`, which is always included:
+    a step pads by at most 1023 tokens past 1024 (a quarter of a 4096-token step's work at worst), and an
+    8192-token budget takes 11 graphs.
+    """
+    if configured is None:
+        configured = [256, 512, *range(1024, max_num_batched_tokens, 1024), max_num_batched_tokens]
     return sorted({min(size, max_num_batched_tokens) for size in configured})
 
 

@@ -7,6 +7,7 @@ eager forward reads it directly and a CUDA graph (`cuda_graphs.py`) copies it in
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,11 +128,70 @@ class StepInputs:
     metadata: AttentionMetadata
 
 
-def layout_step(batch: SchedulerOutput, block_size: int) -> StepLayout:
+class BlockTableRows:
+    """Each request's block table row, kept from step to step: the persistent part of a step's inputs.
+
+    The scheduler hands over every request's whole list of block ids each step, but a running request gains
+    a block only every `block_size` tokens. So a row is written when its request first comes, rewritten when
+    its list is a new one (the request was preempted and got new blocks), extended when the list grew, and
+    left alone otherwise; a step's table is one gather of its requests' rows. The rows of requests that
+    left (`release`) are reused.
+    """
+
+    def __init__(self, num_rows: int = 64, num_columns: int = 64) -> None:
+        self.table = np.zeros((num_rows, num_columns), dtype=np.int64)
+        self._row_of: dict[str, int] = {}
+        self._free_rows = list(range(num_rows - 1, -1, -1))
+        # Per row: the id list last written (the block manager only ever appends to it) and how much of it.
+        self._written: list[tuple[list[int], int] | None] = [None] * num_rows
+
+    def gather(self, batch: SchedulerOutput) -> np.ndarray:
+        """The batch's block tables [num_requests, its longest list], padded with 0."""
+        rows = np.empty(len(batch.requests), dtype=np.int64)
+        for index, (request, ids) in enumerate(zip(batch.requests, batch.block_ids, strict=True)):
+            row = self._row_of.get(request.request_id)
+            if row is None:
+                row = self._row_of[request.request_id] = self._take_row()
+            written = self._written[row]
+            first = written[1] if written is not None and written[0] is ids else 0
+            if first < len(ids):
+                self._write(row, ids, first)
+            rows[index] = row
+        width = max((len(ids) for ids in batch.block_ids), default=0)
+        return self.table[rows, :width]
+
+    def release(self, request_ids: Iterable[str]) -> None:
+        """Free the rows of requests that left the engine."""
+        for request_id in request_ids:
+            row = self._row_of.pop(request_id, None)
+            if row is not None:
+                self._written[row] = None
+                self._free_rows.append(row)
+
+    def _write(self, row: int, ids: list[int], first: int) -> None:
+        num_columns = self.table.shape[1]
+        if len(ids) > num_columns:
+            self.table = np.pad(self.table, ((0, 0), (0, max(len(ids), 2 * num_columns) - num_columns)))
+        if first == 0:
+            self.table[row] = 0
+        self.table[row, first : len(ids)] = ids[first:]
+        self._written[row] = (ids, len(ids))
+
+    def _take_row(self) -> int:
+        if not self._free_rows:
+            num_rows = self.table.shape[0]
+            self.table = np.pad(self.table, ((0, num_rows), (0, 0)))
+            self._written += [None] * num_rows
+            self._free_rows = list(range(2 * num_rows - 1, num_rows - 1, -1))
+        return self._free_rows.pop()
+
+
+def layout_step(batch: SchedulerOutput, block_size: int, block_tables: BlockTableRows | None = None) -> StepLayout:
     """Lay the scheduled tokens out flat: request i's new tokens follow request i-1's.
 
-    The only Python loop is over requests (to slice their token lists and block tables); positions,
-    slot mapping and offsets come from array arithmetic over all tokens at once.
+    The only Python loop is over requests (to slice their token lists, and to find their block table
+    rows in `block_tables`, the runner's persistent rows; a fresh set without); positions, slot mapping and
+    offsets come from array arithmetic over all tokens at once.
     """
     num_requests = len(batch.requests)
     query_lens = np.asarray(batch.num_new_tokens, dtype=np.int64)
@@ -155,10 +215,7 @@ def layout_step(batch: SchedulerOutput, block_size: int) -> StepLayout:
     owner = np.repeat(np.arange(num_requests), query_lens)
     positions = np.arange(num_tokens, dtype=np.int64) - query_start_loc[owner] + starts[owner]
 
-    max_blocks = max(len(ids) for ids in batch.block_ids)
-    block_tables = np.zeros((num_requests, max_blocks), dtype=np.int64)
-    for row, ids in enumerate(batch.block_ids):
-        block_tables[row, : len(ids)] = ids
+    block_tables = (block_tables or BlockTableRows()).gather(batch)
     slot_mapping = block_tables[owner, positions // block_size] * block_size + positions % block_size
 
     sampling_rows = [i for i, samples in enumerate(batch.samples) if samples]

@@ -17,7 +17,7 @@ from lmserve.outputs import PositionLogprobs
 from lmserve.sample import LogprobsTensors, Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
 from lmserve.sampling_params import SamplingParams
 from lmserve.worker.cuda_graphs import StepGraphs, capture_sizes, token_capture_sizes
-from lmserve.worker.input_preparation import StepLayout, layout_step, to_device
+from lmserve.worker.input_preparation import BlockTableRows, StepLayout, layout_step, to_device
 from lmserve.worker.memory import profile_kv_cache_memory, profiling_pass
 from lmserve.worker.staging import HostToDevice, start_copy_to_host
 
@@ -113,6 +113,7 @@ class ModelRunner:
         self.generators: dict[str, torch.Generator] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.graphs: StepGraphs | None = None
+        self.block_tables = BlockTableRows(num_rows=config.scheduler.max_num_seqs)
         # The tokens the last launched step sampled (on the device), and each sampling request's row.
         self._last_sampled: torch.Tensor | None = None
         self._last_sample_rows: dict[str, int] = {}
@@ -208,10 +209,11 @@ class ModelRunner:
         """Queue the step's forward pass, sampling and result copies; return without waiting for them."""
         for request_id in batch.finished_request_ids:
             self.generators.pop(request_id, None)
+        self.block_tables.release(batch.finished_request_ids)
         step = LaunchedStep(num_requests=len(batch.requests))
         if not batch.requests:
             return step
-        layout = layout_step(batch, self.config.cache.block_size)
+        layout = layout_step(batch, self.config.cache.block_size, self.block_tables)
         hidden = self._forward(layout)
         self._last_sample_rows = {}
         if layout.sampling_rows:
@@ -280,7 +282,7 @@ class ModelRunner:
         first_row = int(layout.query_start_loc[index])
         logits = self.model.compute_logits(hidden[first_row : first_row + end - start])
         (targets,) = self.staging.move([np.asarray(request.token_ids[start + 1 : end + 1], dtype=np.int64)])
-        tensors = compute_logprobs(torch.log_softmax(logits, dim=-1), targets, num_top)
+        tensors = compute_logprobs(torch.log_softmax(logits.float(), dim=-1), targets, num_top)
         step.prompt_logprobs.append(_PromptLogprobsPart(index, start + 1, num_top, tensors.to_host()))
 
     def _generator(self, request_id: str, seed: int | None) -> torch.Generator | None:

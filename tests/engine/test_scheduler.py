@@ -18,18 +18,24 @@ from lmserve.engine.messages import EngineCoreRequest
 from lmserve.engine.request import Request, RequestStatus
 from lmserve.engine.scheduler import Scheduler, SchedulerOutput
 from lmserve.sampling_params import SamplingParams
+from lmserve.worker.input_preparation import BlockTableRows
 
 EOS = 0
 
 
 class FakeRunner:
-    """Stands in for the model: fills cache slots and samples tokens from a seeded RNG."""
+    """Stands in for the model: fills cache slots and samples tokens from a seeded RNG.
+
+    It also keeps block tables as the model runner does (`BlockTableRows`) and checks each step's against
+    the scheduler's block lists, so the random interleavings below cover those persistent rows too.
+    """
 
     def __init__(self, num_blocks: int, block_size: int, seed: int = 0) -> None:
         self.block_size = block_size
         self.slots = np.full((num_blocks * block_size, 2), -1)
         self.rng = random.Random(seed)
         self.last_sampled: dict[str, int] = {}  # like the device, it knows tokens the scheduler does not yet
+        self.block_tables = BlockTableRows(num_rows=1, num_columns=1)  # grown as needed
 
     def token_at(self, request: Request, position: int) -> int:
         if position < request.num_tokens:
@@ -41,6 +47,10 @@ class FakeRunner:
         return block_ids[position // self.block_size] * self.block_size + position % self.block_size
 
     def execute(self, batch: SchedulerOutput) -> list[int | None]:
+        self.block_tables.release(batch.finished_request_ids)
+        table = self.block_tables.gather(batch)
+        for row, ids in zip(table.tolist(), batch.block_ids, strict=True):
+            assert row == ids + [0] * (len(row) - len(ids))
         steps = list(zip(batch.requests, batch.num_computed_tokens, batch.num_new_tokens, batch.block_ids, strict=True))
         for request, start, num_new, block_ids in steps:
             for position in range(start, start + num_new):

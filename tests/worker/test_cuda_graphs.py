@@ -42,6 +42,13 @@ def test_token_sizes_are_sorted_deduplicated_and_capped_at_the_step_budget():
     assert token_capture_sizes([], 8192) == []
 
 
+def test_default_token_ladder_steps_by_1024_and_ends_at_the_step_budget():
+    assert token_capture_sizes(None, 8192) == [256, 512, *range(1024, 8193, 1024)]
+    assert token_capture_sizes(None, 3000) == [256, 512, 1024, 2048, 3000]
+    assert token_capture_sizes(None, 300) == [256, 300]
+    assert token_capture_sizes(None, 64) == [64]
+
+
 def test_a_batch_pads_to_the_next_captured_size():
     sizes = [1, 2, 4, 8, 16]
     assert [padded_size(sizes, n) for n in (1, 2, 3, 4, 5, 8, 9, 16, 17)] == [1, 2, 4, 4, 8, 8, 16, 16, None]
@@ -232,7 +239,8 @@ def test_greedy_outputs_with_graphs_equal_eager(tiny_models, replays, variant, d
     decodes = {(replay.num_requests, replay.shape[0]) for replay in replays if replay.decode_only}
     assert {size for size, _ in decodes} == set(range(1, 30))
     assert {(24, 24), (16, 16), (1, 1), (23, 24), (17, 24), (3, 4)} <= decodes
-    assert all(replay.decode_only for replay in replays)  # mixed-step graphs are opt-in
+    # The prompts' step (30 prompts of up to 40 tokens) replays one of the default mixed-step graphs.
+    assert any(not replay.decode_only and replay.shape[0] in (256, 512, 1024) for replay in replays)
 
 
 @pytest.mark.gpu

@@ -2,7 +2,7 @@
 
 import torch
 
-from lmserve.worker.input_preparation import layout_step, to_device
+from lmserve.worker.input_preparation import BlockTableRows, layout_step, to_device
 from lmserve.worker.staging import HostToDevice
 from tests.engine.test_scheduler import make_batch, make_request
 
@@ -34,3 +34,18 @@ def test_in_a_decode_step_every_token_samples():
     layout = layout_step(make_batch([first, second], [1, 1], [[0], [1]]), block_size=4)
     assert layout.every_token_samples and layout.sample_indices.tolist() == [0, 1]
     assert (layout.max_query_len, layout.max_seq_len) == (1, 3)
+
+
+def test_block_table_rows_persist_grow_and_are_reused():
+    rows = BlockTableRows(num_rows=1, num_columns=2)
+    first, second = make_request("a", [1, 2, 3]), make_request("b", [4, 5])
+    a_ids, b_ids = [3], [8, 9, 4]
+    assert rows.gather(make_batch([first, second], [1, 1], [a_ids, b_ids])).tolist() == [[3, 0, 0], [8, 9, 4]]
+    a_ids.append(6)  # the block manager appends to a request's list in place
+    assert rows.gather(make_batch([second, first], [1, 1], [b_ids, a_ids])).tolist() == [[8, 9, 4], [3, 6, 0]]
+    # "b" was preempted and got a new, shorter list: its row is rewritten, not extended.
+    assert rows.gather(make_batch([second], [1], [[1]])).tolist() == [[1]]
+    rows.release(["a"])
+    third = make_request("c", [7])
+    assert rows.gather(make_batch([third, second], [1, 1], [[5], [1]])).tolist() == [[5], [1]]
+    assert rows.table.shape[0] == 2  # "c" took the row "a" left
