@@ -99,7 +99,7 @@ class StepGraphs:
         # A step's requests and the spare ones that take its padding tokens, max_context at most each.
         self.spare_requests = -(-max(self.token_sizes, default=1) // self.max_context)
         self.mixed_requests = max_num_seqs + self.spare_requests
-        max_tokens = max(self.batch_sizes[-1], *self.token_sizes)
+        max_tokens = max([self.batch_sizes[-1], *self.token_sizes])
         max_requests = max(self.batch_sizes[-1], self.mixed_requests if self.token_sizes else 0)
         vectors = torch.tensor([[PAD_TOKEN_ID], [PAD_POSITION], [PAD_SLOT]], device=device)
         self.input_ids, self.positions, self.slot_mapping = vectors.repeat(1, max_tokens).unbind(0)
