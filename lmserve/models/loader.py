@@ -47,7 +47,23 @@ def load_model(
             raise ModelLoadError(
                 f"the checkpoint in {model_dir!r} lacks {len(missing)} parameter(s), e.g. {missing[:5]}"
             )
+    if device.type == "cuda":
+        store_projections_transposed(model)
     return model.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def store_projections_transposed(model: nn.Module) -> None:
+    """Lay every linear layer's weight out [in, out] in memory; its [out, in] shape and values stay.
+
+    `F.linear` then hands cuBLAS a contiguous [in, out] matrix, for which it picks kernels that read the
+    weight at least as fast at decode batch sizes, and much faster on some shapes: Qwen3-0.6B's o_proj at
+    one row took 12.9 us on an H200 laid out [out, in] and 5.7 us laid out [in, out]
+    (benchmarks/results/linear-small-batch-A-h200.json), 0.2 ms of a 1.3 ms decode step.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.data = module.weight.data.t().contiguous().t()
 
 
 def iterate_safetensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
