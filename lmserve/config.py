@@ -142,6 +142,9 @@ class RunnerConfig:
 
     attention_backend: str = "auto"  # "torch" (reference), "triton" (GPU kernels); auto: triton on CUDA
     enforce_eager: bool = False
+    # Projection weights laid out [in, out] in memory: faster small models on an H200 (see
+    # lmserve.models.loader.store_projections_transposed), slower Llama-3.1-8B decode at batch 128
+    transposed_projections: bool = False
     # None: 1, 2, 4, 8, 16, 24, 32, then every 16 up to min(max_num_seqs, 512); sizes are capped at max_num_seqs
     cuda_graph_batch_sizes: list[int] | None = None
     # None: 256, 512, then every 1024 up to max_num_batched_tokens; sizes are capped at max_num_batched_tokens

@@ -13,6 +13,7 @@ from lmserve.config import EngineConfig
 from lmserve.engine.scheduler import SchedulerOutput
 from lmserve.errors import ConfigError
 from lmserve.models import load_model
+from lmserve.models.loader import store_projections_transposed
 from lmserve.outputs import PositionLogprobs
 from lmserve.sample import LogprobsTensors, Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
 from lmserve.sampling_params import SamplingParams
@@ -107,6 +108,8 @@ class ModelRunner:
             model_config.load_format,
             model_config.load_seed,
         )
+        if config.runner.transposed_projections:
+            store_projections_transposed(self.model)
         self.backend = _attention_backend(config.runner.attention_backend)
         self.sampler = Sampler()
         self.staging = HostToDevice(self.device)
