@@ -14,6 +14,17 @@ def test_greedy_rows_take_the_argmax(build_metadata) -> None:
     assert torch.equal(Sampler()(logits, metadata).sampled_token_ids, logits.argmax(dim=-1))
 
 
+def test_16_bit_logits_give_the_tokens_and_logprobs_of_their_float32_values(build_metadata) -> None:
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    greedy = build_metadata([SamplingParams(temperature=0.0)] * 6, vocab_size=50)  # argmax straight on bf16
+    assert torch.equal(Sampler()(logits, greedy).sampled_token_ids, logits.float().argmax(dim=-1))
+    with_logprobs = build_metadata([SamplingParams(temperature=0.0, logprobs=2)] * 6, vocab_size=50)
+    output = Sampler()(logits, with_logprobs)
+    assert output.logprobs.logprobs.dtype == torch.float32
+    expected = torch.log_softmax(logits.float(), dim=-1).gather(-1, output.sampled_token_ids[:, None])
+    torch.testing.assert_close(output.logprobs.logprobs[:, :1], expected)
+
+
 def test_greedy_rows_stay_greedy_beside_random_rows(build_metadata) -> None:
     logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(1))
     params = [SamplingParams(temperature=0.0 if row % 2 else 1.0) for row in range(8)]
