@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.workloads import device_time_ms, environment, measure_copy_bandwidth
+from benchmarks.workloads import environment, measure_copy_bandwidth
 from lmserve.kernels import paged_attention
+from lmserve.worker.device_timing import device_time_ms
 
 
 def _row(kernel: str, batch: int, context: int, ms: float, kv_bytes: int, bandwidth: float) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,26 +121,6 @@ def measure_copy_bandwidth() -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / 1000)
     return 2 * source.numel() / sorted(times)[len(times) // 2]
-
-
-def device_time_ms(fn, iterations: int = 20, calls_per_graph: int = 10) -> float:
-    """Device time per call: calls replayed from a CUDA graph, so the host's launch cost does not count."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls_per_graph):
-            fn()
-    times = []
-    for _ in range(iterations):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls_per_graph)
-    return statistics.median(times)
 
 
 def environment() -> dict:

@@ -50,22 +50,6 @@ def load_model(
     return model.requires_grad_(False).eval()
 
 
-@torch.no_grad()
-def store_projections_transposed(model: nn.Module) -> None:
-    """Lay every linear layer's weight out [in, out] in memory; its [out, in] shape and values stay.
-
-    `F.linear` then hands cuBLAS a contiguous [in, out] matrix, for which it picks other kernels. On an
-    H200 that helps a small model and hurts a large one at big batches: Qwen3-0.6B's o_proj at one row took
-    12.9 us laid out [out, in] and 5.7 us laid out [in, out] (benchmarks/results/linear-small-batch-A-h200.json),
-    and its decode steps got 16-26% faster at batch 1-128; Llama-3.1-8B's were level up to batch 32 and 15%
-    slower at 128 (latency-*-h200-transposed-projections.json). So it is the engine option
-    `transposed_projections`, off by default.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.weight.data = module.weight.data.t().contiguous().t()
-
-
 def iterate_safetensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) from the directory's safetensors files, one file open at a time."""
     for path in _safetensors_files(Path(model_dir)):

@@ -13,13 +13,13 @@ from lmserve.config import EngineConfig
 from lmserve.engine.scheduler import SchedulerOutput
 from lmserve.errors import ConfigError
 from lmserve.models import load_model
-from lmserve.models.loader import store_projections_transposed
 from lmserve.outputs import PositionLogprobs
 from lmserve.sample import LogprobsTensors, Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
 from lmserve.sampling_params import SamplingParams
 from lmserve.worker.cuda_graphs import StepGraphs, capture_sizes, token_capture_sizes
 from lmserve.worker.input_preparation import BlockTableRows, StepLayout, layout_step, to_device
 from lmserve.worker.memory import profile_kv_cache_memory, profiling_pass
+from lmserve.worker.projection_layout import apply_projection_layout
 from lmserve.worker.staging import HostToDevice, start_copy_to_host
 
 logger = logging.getLogger(__name__)
@@ -108,9 +108,8 @@ class ModelRunner:
             model_config.load_format,
             model_config.load_seed,
         )
-        if config.runner.transposed_projections:
-            store_projections_transposed(self.model)
-        self.backend = _attention_backend(config.runner.attention_backend)
+        apply_projection_layout(self.model, config.runner.projection_layout, config.scheduler.max_num_batched_tokens)
+        self.backend = _attention_backend(config, self.device)
         self.sampler = Sampler()
         self.staging = HostToDevice(self.device)
         self.generators: dict[str, torch.Generator] = {}
@@ -298,9 +297,11 @@ class ModelRunner:
         return generator
 
 
-def _attention_backend(name: str) -> AttentionBackend:
-    if name == "triton":
+def _attention_backend(config: EngineConfig, device: torch.device) -> AttentionBackend:
+    if config.runner.attention_backend == "triton":
         from lmserve.attention.triton_backend import TritonAttentionBackend  # needs triton: import on demand
 
-        return TritonAttentionBackend()
+        # A decode step has at most max_num_seqs tokens (a graph pads up to a captured size, no further).
+        counters = config.scheduler.max_num_seqs * config.model.num_kv_heads
+        return TritonAttentionBackend(torch.zeros(counters, dtype=torch.int32, device=device))
     return TorchAttentionBackend()

@@ -31,13 +31,14 @@ def test_a_cache_too_small_for_one_sequence_is_a_clear_error(tiny_models):
         runner.determine_num_blocks()
 
 
-def test_transposed_projections_change_the_layout_not_the_tokens(tiny_models):
+def test_in_out_projections_change_the_layout_not_the_tokens(tiny_models):
     from lmserve import LLM, SamplingParams
 
     model_dir = str(tiny_models.get("llama"))
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
-    default, transposed = (LLM(model_dir, skip_tokenizer_init=True, transposed_projections=on) for on in (False, True))
+    default, transposed = (LLM(model_dir, skip_tokenizer_init=True, projection_layout=layout)
+                           for layout in ("out_in", "in_out"))
     weight = transposed.engine.core.runner.model.model.layers[0].self_attn.o_proj.weight
     assert weight.stride() == (1, weight.shape[0])
     outputs = [llm.generate(prompts, params, use_tqdm=False) for llm in (default, transposed)]
