@@ -13,13 +13,7 @@ class TritonAttentionBackend:
 
     Two launches per layer and no host synchronisation (the metadata's ints are already on the host),
     so a step can be captured in a CUDA graph; padding tokens with slot -1 are not written.
-    `split_counters` (int32 zeros, decode tokens times kv heads) is where decode steps that split their
-    keys count the splits; the kernel leaves it zero, so one buffer at a fixed address serves every layer
-    and every replayed graph. Without it each such launch allocates its own.
     """
-
-    def __init__(self, split_counters: torch.Tensor | None = None) -> None:
-        self.split_counters = split_counters
 
     def forward(
         self,
@@ -42,5 +36,4 @@ class TritonAttentionBackend:
             scale,
             sliding_window,
             max_seq_len=metadata.max_seq_len,
-            split_counters=self.split_counters,
         )

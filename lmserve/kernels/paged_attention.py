@@ -8,12 +8,10 @@ block table `BLOCK_N` at a time (a tile may span several cache blocks) with an o
 
 Decode tokens (query length 1) get tiles of one token: the rows are the group's heads, padded to 16 rows
 for the tensor-core MMA. A small decode batch would leave most of the GPU idle with one program per
-(request, kv head), so its keys are split over several programs whose partial softmaxes are then
-merged (flash-decoding). The number of splits is fixed at launch (so a CUDA graph replays it); each
-request divides its own context evenly among them on the device, so a short context gets short splits
-rather than a few long ones and many empty ones. The split that finishes last (an atomic counter per
-(token, kv head) says which) merges them all in the same launch: a second, merging kernel would cost a
-launch per layer, which at batch 1 is a quarter of the attention's time.
+(request, kv head), so its keys are split over several programs whose partial softmaxes a second
+kernel merges (flash-decoding). The number of splits is fixed at launch (so a CUDA graph replays it);
+each request divides its own context evenly among them on the device, so a short context gets short
+splits rather than a few long ones and many empty ones.
 """
 
 from __future__ import annotations
@@ -59,7 +57,6 @@ def _paged_attention_kernel(
     out_ptr,
     partial_out_ptr,  # split-KV only: [num_tokens, num_heads, num_splits, head_dim] float32
     partial_lse_ptr,  # split-KV only: [num_tokens, num_heads, num_splits] float32, log2 of each split's sum
-    split_counters_ptr,  # split-KV only: [num_tokens * num_kv_heads] int32, zero between launches
     block_tables_ptr,
     seq_lens_ptr,
     query_start_loc_ptr,
@@ -172,24 +169,15 @@ def _paged_attention_kernel(
             acc += tl.dot(probs.to(values.dtype), values)
 
     if SPLIT:
-        # This split's softmax-weighted values and the log2 of its weights' sum. A split past the end of
-        # a short context saw no key: its weight becomes 0 in the merge.
-        first_partial = (token * (tl.num_programs(1) * GROUP) + head) * num_splits
+        # This split's softmax-weighted values and the log2 of its weights' sum; `_merge_splits` combines
+        # them. A split past the end of a short context saw no key: its weight becomes 0 there.
+        partial_row = (token * (tl.num_programs(1) * GROUP) + head) * num_splits + split
         seen = row_sum > 0.0
         lse = tl.where(seen, row_max + tl.log2(tl.where(seen, row_sum, 1.0)), float("-inf"))
-        tl.store(partial_lse_ptr + first_partial + split, lse, mask=row_valid)
+        tl.store(partial_lse_ptr + partial_row, lse, mask=row_valid)
         partial = acc / tl.where(seen, row_sum, 1.0)[:, None]
-        partial_ptrs = partial_out_ptr + first_partial[:, None] * HEAD_DIM + dims[None, :]
-        tl.store(partial_ptrs + split * HEAD_DIM, partial, mask=row_valid[:, None])
-        # Every thread's stores come before the count (barrier, then a release at GPU scope); the split
-        # that counts last sees all of them (acquire) and merges. It resets the counter for the next launch.
-        tl.debug_barrier()
-        counter = split_counters_ptr + query_start.to(tl.int64) * tl.num_programs(1) + kv_head  # decode: 1 token
-        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") != num_splits - 1:
-            return
-        tl.store(counter, 0)
-        acc, row_sum = _merge_splits(partial_ptrs, partial_lse_ptr + first_partial, num_splits, row_valid,
-                                     BLOCK_M, HEAD_DIM)
+        tl.store(partial_out_ptr + partial_row[:, None] * HEAD_DIM + dims[None, :], partial, mask=row_valid[:, None])
+        return
     row_sum = tl.where(row_sum == 0.0, 1.0, row_sum)  # only padding rows see no key
     out = acc / row_sum[:, None]
     out_offsets = token * stride_out_token + head * stride_out_head
@@ -197,24 +185,33 @@ def _paged_attention_kernel(
 
 
 @triton.jit
-def _merge_splits(partial_ptrs, lse_ptrs, num_splits, row_valid, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """The splits' partial outputs weighted by their softmax mass: (weighted sum, sum of weights).
-
-    Loads bypass L1 (".cg"): other programs wrote these rows during this launch.
-    """
-    top = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for split in range(num_splits):
-        lse = tl.load(lse_ptrs + split, mask=row_valid, other=float("-inf"), cache_modifier=".cg")
-        top = tl.maximum(top, lse)
+def _merge_splits_kernel(
+    partial_out_ptr,
+    partial_lse_ptr,
+    out_ptr,
+    num_heads,
+    num_splits,
+    stride_out_token,
+    stride_out_head,
+    SPLITS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS_PAD)
+    split_valid = splits < num_splits
+    first_row = (token * num_heads + head) * num_splits
+    lse = tl.load(partial_lse_ptr + first_row + splits, mask=split_valid, other=float("-inf"))
+    top = tl.max(lse, axis=0)
     top = tl.where(top == float("-inf"), 0.0, top)  # a padding row: every split is empty
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    total = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for split in range(num_splits):
-        weight = tl.exp2(tl.load(lse_ptrs + split, mask=row_valid, other=float("-inf"), cache_modifier=".cg") - top)
-        partial = tl.load(partial_ptrs + split * HEAD_DIM, mask=row_valid[:, None], other=0.0, cache_modifier=".cg")
-        acc += partial * weight[:, None]
-        total += weight
-    return acc, total
+    weights = tl.exp2(lse - top)
+    total = tl.sum(weights, axis=0)
+    dims = tl.arange(0, HEAD_DIM)
+    partial = tl.load(
+        partial_out_ptr + (first_row + splits)[:, None] * HEAD_DIM + dims[None, :], mask=split_valid[:, None], other=0.0
+    )
+    out = tl.sum(partial * weights[:, None], axis=0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(out_ptr + token * stride_out_token + head * stride_out_head + dims, out.to(out_ptr.dtype.element_ty))
 
 
 def paged_attention(
@@ -234,7 +231,6 @@ def paged_attention(
     num_warps: int | None = None,
     num_stages: int | None = None,
     num_splits: int | None = None,
-    split_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of each request's new queries over its whole context in the paged cache.
 
@@ -253,8 +249,6 @@ def paged_attention(
     Decode steps too small to fill the GPU (few requests, each a program per kv head) split each context
     into `num_splits` even shares, attended by separate programs and merged after (flash-decoding).
     `max_seq_len` (a host-side upper bound) caps the choice; `num_splits` overrides it (1: no split).
-    The splits count themselves in `split_counters` (int32, at least num_tokens * num_kv_heads, zero, and
-    left zero): a caller that replays CUDA graphs keeps one such buffer; without it, one is allocated.
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = kv_cache.shape[3]
@@ -298,15 +292,10 @@ def paged_attention(
         raise ValueError(f"num_splits must be at least 1, got {num_splits}")
     if num_splits > 1 and max_query_len != 1:
         raise ValueError("only decode steps (max_query_len 1) split their keys")
-    partial_out = partial_lse = counters = out  # unread without a split
+    partial_out = partial_lse = out  # unread without a split
     if num_splits > 1:
         partial_out = torch.empty(num_tokens, num_heads, num_splits, head_dim, dtype=torch.float32, device=out.device)
         partial_lse = torch.empty(num_tokens, num_heads, num_splits, dtype=torch.float32, device=out.device)
-        counters = split_counters
-        if counters is None:
-            counters = torch.zeros(num_tokens * num_kv_heads, dtype=torch.int32, device=out.device)
-        elif counters.dtype != torch.int32 or counters.numel() < num_tokens * num_kv_heads:
-            raise ValueError(f"split_counters must be int32 with at least {num_tokens * num_kv_heads} elements")
 
     _paged_attention_kernel[(num_tiles, num_kv_heads, num_splits)](
         query,
@@ -314,7 +303,6 @@ def paged_attention(
         out,
         partial_out,
         partial_lse,
-        counters,
         block_tables,
         seq_lens,
         query_start_loc,
@@ -345,6 +333,18 @@ def paged_attention(
         num_warps=num_warps or (8 if is_fp32 else 4),
         num_stages=num_stages or 2,
     )
+    if num_splits > 1:
+        _merge_splits_kernel[(num_tokens, num_heads)](
+            partial_out,
+            partial_lse,
+            out,
+            num_heads,
+            num_splits,
+            out.stride(0),
+            out.stride(1),
+            SPLITS_PAD=triton.next_power_of_2(num_splits),
+            HEAD_DIM=head_dim,
+        )
     return out
 
 

@@ -109,7 +109,7 @@ class ModelRunner:
             model_config.load_seed,
         )
         apply_projection_layout(self.model, config.runner.projection_layout, config.scheduler.max_num_batched_tokens)
-        self.backend = _attention_backend(config, self.device)
+        self.backend = _attention_backend(config.runner.attention_backend)
         self.sampler = Sampler()
         self.staging = HostToDevice(self.device)
         self.generators: dict[str, torch.Generator] = {}
@@ -297,11 +297,9 @@ class ModelRunner:
         return generator
 
 
-def _attention_backend(config: EngineConfig, device: torch.device) -> AttentionBackend:
-    if config.runner.attention_backend == "triton":
+def _attention_backend(name: str) -> AttentionBackend:
+    if name == "triton":
         from lmserve.attention.triton_backend import TritonAttentionBackend  # needs triton: import on demand
 
-        # A decode step has at most max_num_seqs tokens (a graph pads up to a captured size, no further).
-        counters = config.scheduler.max_num_seqs * config.model.num_kv_heads
-        return TritonAttentionBackend(torch.zeros(counters, dtype=torch.int32, device=device))
+        return TritonAttentionBackend()
     return TorchAttentionBackend()

@@ -11,7 +11,7 @@ use_interpreter_without_gpu()  # before lmserve.kernels is imported
 
 from lmserve.attention.torch_backend import TorchAttentionBackend  # noqa: E402
 from lmserve.attention.triton_backend import TritonAttentionBackend  # noqa: E402
-from tests.kernels.paged_batch import DECODES, MIXED, make_batch  # noqa: E402
+from tests.kernels.paged_batch import MIXED, make_batch  # noqa: E402
 
 
 @pytest.mark.parametrize("sliding_window", [None, 6])
@@ -26,17 +26,3 @@ def test_matches_torch_backend_on_a_mixed_batch(sliding_window: int | None) -> N
 
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(batch.kv_cache, reference_cache)
-
-
-def test_decode_steps_split_their_keys_in_the_backends_counters() -> None:
-    # Four requests with contexts up to 71 keys: each splits over two programs, counted in the buffer.
-    batch = make_batch(DECODES, num_heads=4, num_kv_heads=2, head_dim=16, block_size=16)
-    reference_cache = batch.kv_cache.clone()
-    args = (batch.query, batch.key, batch.value)
-    counters = torch.zeros(len(DECODES) * 2, dtype=torch.int32)
-
-    expected = TorchAttentionBackend().forward(*args, reference_cache, batch.metadata, 0.3, None)
-    out = TritonAttentionBackend(counters).forward(*args, batch.kv_cache, batch.metadata, 0.3, None)
-
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    assert not counters.any()

@@ -12,14 +12,13 @@ from triton.compiler import ASTSource
 
 from lmserve.kernels.activation import _silu_and_mul_kernel
 from lmserve.kernels.kv_cache import _write_kv_cache_kernel
-from lmserve.kernels.paged_attention import _paged_attention_kernel
+from lmserve.kernels.paged_attention import _merge_splits_kernel, _paged_attention_kernel
 from lmserve.kernels.rms_norm import _rms_norm_kernel
 from lmserve.kernels.rotary import _rotary_kernel
 
 HOPPER = GPUTarget("cuda", 90, 32)
 INDEX_POINTERS = {"block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "slot_mapping_ptr", "positions_ptr"}
 FLOAT32_POINTERS = {"partial_out_ptr", "partial_lse_ptr", "cos_ptr", "sin_ptr"}
-INT32_POINTERS = {"split_counters_ptr"}
 FLOAT_SCALARS = {"qk_scale", "eps"}
 
 # (dtype, query heads per kv head, BLOCK_Q, BLOCK_N, sliding window, num_warps, decode only): what the
@@ -43,8 +42,6 @@ def compile_for_hopper(kernel, dtype: str, constants: dict, num_warps: int) -> N
             signature[name] = "*i64"
         elif name in FLOAT32_POINTERS:
             signature[name] = "*fp32"
-        elif name in INT32_POINTERS:
-            signature[name] = "*i32"
         elif name.endswith("_ptr"):
             signature[name] = f"*{dtype}"
         else:
@@ -75,8 +72,9 @@ def compile_all_variants() -> None:
         compile_for_hopper(_paged_attention_kernel, dtype, constants, num_warps)
         if not decode_only:  # the request search is then a loop over constants
             compile_for_hopper(_paged_attention_kernel, dtype, constants | SINGLE_REQUEST, num_warps)
-        else:  # a small decode batch splits its keys; the last split merges them
+        else:  # a small decode batch splits its keys, then merges the splits
             compile_for_hopper(_paged_attention_kernel, dtype, constants | {"SPLIT": True}, num_warps)
+            compile_for_hopper(_merge_splits_kernel, dtype, {"SPLITS_PAD": 16, "HEAD_DIM": 128}, 4)
     compile_for_hopper(
         _write_kv_cache_kernel, "bf16", {"BLOCK_SIZE": 16, "HEADS_PAD": 1, "HEAD_DIM": 128, "num_kv_heads": 1}, 4
     )

@@ -17,7 +17,7 @@ FP32_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 HALF_TOLERANCE = {torch.float16: {"rtol": 1e-2, "atol": 1e-2}, torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2}}
 
 
-def attend(batch: PagedBatch, sliding_window: int | None, **tile_shape) -> tuple[torch.Tensor, torch.Tensor]:
+def attend(batch: PagedBatch, sliding_window: int | None, **tile_shape: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Store the step's keys and values, then return (kernel output, reference output)."""
     metadata = batch.metadata
     reference_write_kv_cache(batch.key, batch.value, batch.kv_cache, metadata.slot_mapping)
@@ -69,24 +69,6 @@ def test_split_decode_in_half_precision(dtype: torch.dtype) -> None:
     batch = make_batch(DECODES, 8, 2, 32, 16, dtype)
     out, expected = attend(batch, sliding_window=None, num_splits=3, block_n=16)
     torch.testing.assert_close(out, expected, **HALF_TOLERANCE[dtype])
-
-
-def test_split_counters_are_left_zero_for_the_next_launch() -> None:
-    # A CUDA graph replays every layer's attention with one counter buffer: the split that merges must
-    # reset its counter, or the next launch would let an early split merge before the others wrote.
-    batch = make_batch(DECODES, 4, 2, 16, 16)
-    counters = torch.zeros(batch.query.shape[0] * 2 + 3, dtype=torch.int32)
-    for _ in range(2):
-        out, expected = attend(batch, sliding_window=None, num_splits=3, block_n=16, split_counters=counters)
-        torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
-        assert not counters.any()
-
-
-def test_rejects_too_few_split_counters() -> None:
-    batch = make_batch(DECODES, 4, 2, 16, 16)
-    counters = torch.zeros(batch.query.shape[0] * 2 - 1, dtype=torch.int32)
-    with pytest.raises(ValueError, match="split_counters"):
-        attend(batch, sliding_window=None, num_splits=2, split_counters=counters)
 
 
 def test_small_decode_batches_split_and_large_ones_do_not() -> None:
