@@ -5,7 +5,8 @@
 At decode batch 1 every projection reads its whole weight to compute one row, so it should run near copy
 bandwidth; the batch-1 profiles show cuBLAS well below it on some shapes. For each layer shape this times
 `F.linear` on the [out, in] weight the model holds and, for comparison, a matmul on the same weight stored
-transposed ([in, out], contiguous), which cuBLAS serves with other kernels. Figures are median device
+transposed ([in, out], contiguous), which cuBLAS serves with other kernels, and at one row the
+matrix-vector product `torch.mv` on the [out, in] weight (cuBLAS gemv). Figures are median device
 times of calls replayed from a CUDA graph, with weight bytes over time against the measured copy bandwidth.
 Fresh random weights per shape, several copies rotated so that no call reads a weight from L2.
 """
@@ -13,6 +14,7 @@ Fresh random weights per shape, several copies rotated so that no call reads a w
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -34,18 +36,20 @@ def layer_shapes(config: dict) -> dict[str, tuple[int, int]]:
             "down_proj": (inter, hidden), "lm_head": (hidden, config["vocab_size"])}
 
 
-def time_layout(weights: list[torch.Tensor], x: torch.Tensor, transposed: bool) -> float:
+# How each variant computes x @ W.T from the weight it is given: F.linear on [out, in]; a matmul on the
+# transposed copy [in, out]; at one row, a matrix-vector product W @ x on [out, in] (cuBLAS gemv).
+VARIANTS = {
+    "out_in": lambda x, weight: F.linear(x, weight),
+    "in_out": lambda x, weight: torch.matmul(x, weight),
+    "out_in_mv": lambda x, weight: torch.mv(weight, x[0]),
+}
+
+
+def time_variant(weights: list[torch.Tensor], x: torch.Tensor, variant: str) -> float:
     """Median ms per call, rotating over `weights`."""
-    calls = iter(range(1 << 62))
-
-    def call() -> None:
-        weight = weights[next(calls) % len(weights)]
-        if transposed:
-            torch.matmul(x, weight)
-        else:
-            F.linear(x, weight)
-
-    return device_time_ms(call, calls_per_graph=len(weights))
+    cycle = itertools.cycle(weights)
+    compute = VARIANTS[variant]
+    return device_time_ms(lambda: compute(x, next(cycle)), calls_per_graph=len(weights))
 
 
 def main() -> None:
@@ -65,17 +69,19 @@ def main() -> None:
         for rows in args.rows:
             x = torch.randn(rows, num_in, dtype=torch.bfloat16, device="cuda")
             torch.testing.assert_close(torch.matmul(x, transposed[0]), F.linear(x, weights[0]), rtol=2e-2, atol=2e-1)
-            for layout, stored in (("out_in", weights), ("in_out", transposed)):
-                ms = time_layout(stored, x, layout == "in_out")
-                results.append({"layer": name, "in": num_in, "out": num_out, "rows": rows, "weight_layout": layout,
+            torch.testing.assert_close(torch.mv(weights[0], x[0]), F.linear(x, weights[0])[0], rtol=2e-2, atol=2e-1)
+            variants = [("out_in", weights), ("in_out", transposed)] + [("out_in_mv", weights)] * (rows == 1)
+            for variant, stored in variants:
+                ms = time_variant(stored, x, variant)
+                results.append({"layer": name, "in": num_in, "out": num_out, "rows": rows, "variant": variant,
                                 "us": ms * 1000, "of_copy_bandwidth": weight_bytes / (ms / 1000) / bandwidth})
         del weights, transposed
     out = Path(args.out or f"benchmarks/results/linear-small-batch-{args.config}.json")
     out.write_text(json.dumps({**environment(), "config": args.config, "bandwidth_bytes_per_s": bandwidth,
                                "results": results}, indent=2) + "\n")
-    print(f"{'layer':<13} {'in':>6} {'out':>7} {'rows':>5} {'layout':>7} {'us':>8} {'of bw':>7}")
+    print(f"{'layer':<13} {'in':>6} {'out':>7} {'rows':>5} {'variant':>9} {'us':>8} {'of bw':>7}")
     for r in results:
-        print(f"{r['layer']:<13} {r['in']:>6} {r['out']:>7} {r['rows']:>5} {r['weight_layout']:>7} {r['us']:>8.2f} "
+        print(f"{r['layer']:<13} {r['in']:>6} {r['out']:>7} {r['rows']:>5} {r['variant']:>9} {r['us']:>8.2f} "
               f"{r['of_copy_bandwidth']:>7.1%}")
 
 

@@ -142,9 +142,9 @@ class RunnerConfig:
 
     attention_backend: str = "auto"  # "torch" (reference), "triton" (GPU kernels); auto: triton on CUDA
     enforce_eager: bool = False
-    # How projection weights lie in GPU memory: "out_in" (as checkpoints hold them), "in_out", or "auto":
-    # each shape timed both ways at start-up and stored the faster way (lmserve.worker.projection_layout)
-    projection_layout: str = "auto"
+    # How projection weights lie in memory: "out_in" (as checkpoints hold them) or "in_out", which cuBLAS
+    # serves with other kernels: faster for some models and batch sizes (lmserve.worker.projection_layout)
+    projection_layout: str = "out_in"
     # None: 1, 2, 4, 8, 16, 24, 32, then every 16 up to min(max_num_seqs, 512); sizes are capped at max_num_seqs
     cuda_graph_batch_sizes: list[int] | None = None
     # None: 256, 512, then every 1024 up to max_num_batched_tokens; sizes are capped at max_num_batched_tokens
@@ -153,8 +153,8 @@ class RunnerConfig:
     def __post_init__(self) -> None:
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ConfigError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
-        if self.projection_layout not in ("auto", "out_in", "in_out"):
-            raise ConfigError(f"projection_layout must be auto, out_in or in_out, got {self.projection_layout!r}")
+        if self.projection_layout not in ("out_in", "in_out"):
+            raise ConfigError(f"projection_layout must be out_in or in_out, got {self.projection_layout!r}")
         sizes = self.cuda_graph_batch_sizes
         if sizes is not None and (not sizes or any(not isinstance(s, int) or s < 1 for s in sizes)):
             raise ConfigError(

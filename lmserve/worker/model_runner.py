@@ -108,7 +108,7 @@ class ModelRunner:
             model_config.load_format,
             model_config.load_seed,
         )
-        apply_projection_layout(self.model, config.runner.projection_layout, config.scheduler.max_num_batched_tokens)
+        apply_projection_layout(self.model, config.runner.projection_layout)
         self.backend = _attention_backend(config.runner.attention_backend)
         self.sampler = Sampler()
         self.staging = HostToDevice(self.device)
