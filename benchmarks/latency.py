@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.workloads import (
     environment,
+    kv_element_size,
     latency_floor_seconds,
     latency_prompts,
     load_config,
@@ -92,7 +93,8 @@ def main() -> None:
         lengths = (batch_size, args.input_len, args.output_len, args.seed)
         seconds = end_to_end_step_seconds(engine, *lengths)
         synchronized = synchronized_step_seconds(engine, *lengths)
-        floor = latency_floor_seconds(config, batch_size, args.input_len, args.output_len, bandwidth)
+        floor = latency_floor_seconds(config, batch_size, args.input_len, args.output_len, bandwidth,
+                                      kv_element_size(options))
         rows.append({"batch_size": batch_size, "ms_per_step": seconds * 1000, "floor_ms": floor * 1000,
                      "fraction_of_floor": floor / seconds, "synchronized_median_ms": synchronized * 1000})
     report = {**environment(), "config": args.config, "input_len": args.input_len, "output_len": args.output_len,

@@ -22,6 +22,7 @@ from benchmarks.workloads import (
     Request,
     environment,
     floor_seconds,
+    kv_element_size,
     load_config,
     make_requests,
     measure_copy_bandwidth,
@@ -179,8 +180,8 @@ def main() -> None:
     num_output = sum(r.output_len for r in requests)
     num_total = num_output + sum(len(r.prompt_token_ids) for r in requests)
     bandwidth = measure_copy_bandwidth()
-    floor = floor_seconds(config, requests, bandwidth)
     engine_options = {"dtype": "bfloat16", "max_model_len": 4096, **args.engine_options}
+    floor = floor_seconds(config, requests, bandwidth, kv_element_size(engine_options))
 
     trace = {} if args.trace else None
     results = {"lmserve": run_lmserve(model_dir, requests, engine_options, trace)}

@@ -54,10 +54,18 @@ def latency_prompts(batch_size: int, input_len: int, seed: int) -> list[list[int
     return [[rng.randint(10, 99999) for _ in range(input_len)] for _ in range(batch_size)]
 
 
-def latency_floor_seconds(config: dict, batch_size: int, input_len: int, output_len: int, bandwidth: float) -> float:
+def latency_floor_seconds(
+    config: dict, batch_size: int, input_len: int, output_len: int, bandwidth: float, kv_element_size: int = 2
+) -> float:
     """One decode step's floor: every weight and each request's mean context, read once."""
     mean_context = input_len + output_len / 2
-    return (weight_bytes(config) + batch_size * mean_context * kv_bytes_per_token(config)) / bandwidth
+    kv_bytes = batch_size * mean_context * kv_bytes_per_token(config, kv_element_size)
+    return (weight_bytes(config) + kv_bytes) / bandwidth
+
+
+def kv_element_size(engine_options: dict) -> int:
+    """Bytes per cached key or value element: 1 with a float8 cache, else the bf16 weights' 2."""
+    return 2 if engine_options.get("kv_cache_dtype", "auto") == "auto" else 1
 
 
 def load_config(name_or_path: str) -> dict:
@@ -94,14 +102,14 @@ def weight_bytes(config: dict, element_size: int = 2) -> int:
     return (layers * per_layer + embeddings + hidden) * element_size
 
 
-def floor_seconds(config: dict, requests: list[Request], bandwidth: float) -> float:
+def floor_seconds(config: dict, requests: list[Request], bandwidth: float, kv_element_size: int = 2) -> float:
     """Decode is memory-bound: with ideal batching every step reads all weights once (steps = the longest
     output), and each request reads its whole context once per output token."""
     steps = max(r.output_len for r in requests)
     context_reads = sum(
         r.output_len * len(r.prompt_token_ids) + r.output_len * (r.output_len - 1) // 2 for r in requests
     )
-    return (steps * weight_bytes(config) + context_reads * kv_bytes_per_token(config)) / bandwidth
+    return (steps * weight_bytes(config) + context_reads * kv_bytes_per_token(config, kv_element_size)) / bandwidth
 
 
 def measure_copy_bandwidth() -> float:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from lmserve.attention.cache_dtype import KV_CACHE_DTYPES, kv_cache_torch_dtype
 from lmserve.errors import ConfigError, ModelLoadError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -100,8 +101,13 @@ class CacheConfig:
     kv_cache_memory_bytes: int | None = None
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_bytes: int = 1 << 30
+    # "auto": the model's dtype; "fp8" (= "fp8_e4m3"): half the bytes, no scales (lmserve.attention.cache_dtype)
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            choices = ", ".join(KV_CACHE_DTYPES)
+            raise ConfigError(f"kv_cache_dtype must be one of {choices}, got {self.kv_cache_dtype!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block_size must be a power of two, got {self.block_size}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
@@ -180,6 +186,10 @@ class EngineConfig:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.runner.attention_backend == "auto":
             self.runner.attention_backend = "triton" if self.device.startswith("cuda") else "torch"
+
+    @property
+    def kv_cache_torch_dtype(self) -> torch.dtype:
+        return kv_cache_torch_dtype(self.cache.kv_cache_dtype, self.model.torch_dtype)
 
     @classmethod
     def from_options(cls, model: str, **options: Any) -> EngineConfig:

@@ -98,14 +98,15 @@ class TinyModelCache:
         return self._dirs[variant]
 
 
-def bind_kv_caches(model: nn.Module, num_blocks: int) -> None:
-    """Give every attention layer a zeroed paged cache and the reference backend."""
+def bind_kv_caches(model: nn.Module, num_blocks: int, cache_dtype: torch.dtype | None = None) -> None:
+    """Give every attention layer a zeroed paged cache (of the model's dtype unless `cache_dtype` says
+    otherwise) and the reference backend."""
     param = next(model.parameters())
     backend = TorchAttentionBackend()
     for module in model.modules():
         if isinstance(module, Attention):
             shape = (2, num_blocks, BLOCK_SIZE, module.num_kv_heads, module.head_dim)
-            module.bind(torch.zeros(shape, dtype=param.dtype, device=param.device), backend)
+            module.bind(torch.zeros(shape, dtype=cache_dtype or param.dtype, device=param.device), backend)
 
 
 def single_request_metadata(num_cached: int, num_new: int, num_blocks: int, device: torch.device) -> AttentionMetadata:
@@ -122,14 +123,16 @@ def single_request_metadata(num_cached: int, num_new: int, num_blocks: int, devi
 
 
 @torch.inference_mode()
-def lmserve_logits(model: nn.Module, token_ids: Sequence[int], split_at: Sequence[int] = ()) -> torch.Tensor:
+def lmserve_logits(
+    model: nn.Module, token_ids: Sequence[int], split_at: Sequence[int] = (), cache_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Logits at every position of one request fed in chunks starting at `split_at`.
 
     The first chunk is a prefill; each later one continues from the keys and values cached before it.
     """
     device = next(model.parameters()).device
     num_blocks = -(-len(token_ids) // BLOCK_SIZE)
-    bind_kv_caches(model, num_blocks)
+    bind_kv_caches(model, num_blocks, cache_dtype)
     bounds = [0, *split_at, len(token_ids)]
     logits = []
     for start, end in itertools.pairwise(bounds):

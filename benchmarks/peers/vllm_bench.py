@@ -19,6 +19,7 @@ from pathlib import Path
 from benchmarks.workloads import (
     environment,
     floor_seconds,
+    kv_element_size,
     latency_floor_seconds,
     latency_prompts,
     load_config,
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 8, 32, 128], help="none: no latency")
     parser.add_argument("--input-len", type=int, default=128, help="of the latency prompts")
     parser.add_argument("--output-len", type=int, default=512, help="of the latency requests")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="auto or fp8, as vLLM's option")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -50,24 +52,26 @@ def main() -> None:
 
     config = load_config(args.config)
     llm = LLM(model=write_model_dir(config), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-              max_model_len=4096, gpu_memory_utilization=0.85)
+              max_model_len=4096, gpu_memory_utilization=0.85, kv_cache_dtype=args.kv_cache_dtype)
+    kv_bytes = kv_element_size({"kv_cache_dtype": args.kv_cache_dtype})
     bandwidth = measure_copy_bandwidth()
     requests = make_requests(args.num_prompts, (100, 1024), (100, 1024), args.seed)
     generate([r.prompt_token_ids for r in requests[:8]], [16] * 8)  # warm-up
     elapsed = generate([r.prompt_token_ids for r in requests], [r.output_len for r in requests])
     num_output = sum(r.output_len for r in requests)
-    floor = floor_seconds(config, requests, bandwidth)
+    floor = floor_seconds(config, requests, bandwidth, kv_bytes)
 
     latency = []
     for batch_size in args.batch_sizes:
         seconds = generate(latency_prompts(batch_size, args.input_len, args.seed), [args.output_len] * batch_size)
         step = seconds / args.output_len
-        step_floor = latency_floor_seconds(config, batch_size, args.input_len, args.output_len, bandwidth)
+        step_floor = latency_floor_seconds(config, batch_size, args.input_len, args.output_len, bandwidth, kv_bytes)
         latency.append({"batch_size": batch_size, "ms_per_step": step * 1000, "floor_ms": step_floor * 1000,
                         "fraction_of_floor": step_floor / step})
 
     report = {
-        **environment(), "engine": "vllm 0.26.0", "bandwidth_bytes_per_s": bandwidth,
+        **environment(), "engine": "vllm 0.26.0", "kv_cache_dtype": args.kv_cache_dtype,
+        "bandwidth_bytes_per_s": bandwidth,
         "throughput": {"workload": {"config": args.config, "num_prompts": args.num_prompts, "seed": args.seed,
                                     "output_tokens": num_output},
                        "elapsed_s": elapsed, "output_tokens_per_s": num_output / elapsed,

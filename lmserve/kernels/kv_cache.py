@@ -1,10 +1,24 @@
-"""Writing a step's new keys and values into the paged KV cache, one token per program."""
+"""Writing a step's new keys and values into the paged KV cache, one token per program.
+
+A float8 cache stores each value rounded to nearest even and saturated at +-448, as
+`lmserve.attention.cache_dtype.to_cache_dtype` does.
+"""
 
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from lmserve.attention.backend import write_kv_cache as write_kv_cache_in_torch
+
+
+@triton.jit
+def to_cache_dtype(x, dtype: tl.constexpr):
+    """`x` as a cache of `dtype` stores it; float8 e4m3 saturates rather than overflowing to NaN."""
+    if dtype == tl.float8e4nv:
+        x = tl.clamp(x.to(tl.float32), -448.0, 448.0)
+    return x.to(dtype)
 
 
 @triton.jit
@@ -41,20 +55,22 @@ def _write_kv_cache_kernel(
     cache_offsets = block * stride_cache_block + offset * stride_cache_slot + heads[:, None] * stride_cache_head
     cache_offsets += dims[None, :]
 
+    cache_dtype = cache_ptr.dtype.element_ty
     key = tl.load(key_ptr + token * stride_key_token + heads[:, None] * stride_key_head + dims[None, :], mask=mask)
-    tl.store(cache_ptr + cache_offsets, key, mask=mask)
+    tl.store(cache_ptr + cache_offsets, to_cache_dtype(key, cache_dtype), mask=mask)
     value = tl.load(
         value_ptr + token * stride_value_token + heads[:, None] * stride_value_head + dims[None, :], mask=mask
     )
-    tl.store(cache_ptr + stride_cache_kv + cache_offsets, value, mask=mask)
+    tl.store(cache_ptr + stride_cache_kv + cache_offsets, to_cache_dtype(value, cache_dtype), mask=mask)
 
 
 def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Store token t's key and value at cache slot `slot_mapping[t]` (= block * block_size + offset).
 
     `key`/`value` are [num_tokens, num_kv_heads, head_dim] (any token and head strides, e.g. views of a
-    fused QKV projection); `kv_cache` is [2, num_blocks, block_size, num_kv_heads, head_dim]. Tokens whose
-    slot is -1 are skipped. Equal to `lmserve.attention.backend.write_kv_cache` otherwise.
+    fused QKV projection); `kv_cache` is [2, num_blocks, block_size, num_kv_heads, head_dim], of their
+    dtype or float8 e4m3. Tokens whose slot is -1 are skipped. Equal to
+    `lmserve.attention.backend.write_kv_cache` otherwise.
     """
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
@@ -62,8 +78,8 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tenso
     check_kv_cache_layout(kv_cache, num_kv_heads, head_dim)
     if key.stride(2) != 1 or value.stride(2) != 1:
         raise ValueError("key and value must be contiguous in head_dim")
-    if key.dtype != kv_cache.dtype or value.dtype != kv_cache.dtype:
-        raise ValueError(f"key/value dtype {key.dtype}/{value.dtype} differs from the cache's {kv_cache.dtype}")
+    if key.dtype != value.dtype or kv_cache.dtype not in (key.dtype, torch.float8_e4m3fn):
+        raise ValueError(f"key/value dtype {key.dtype}/{value.dtype} cannot be stored in a {kv_cache.dtype} cache")
     _write_kv_cache_kernel[(num_tokens,)](
         key,
         value,
@@ -89,9 +105,7 @@ def reference_write_kv_cache(
 ) -> None:
     """The torch reference of `write_kv_cache`, padding slots (-1) included."""
     keep = slot_mapping >= 0
-    num_kv_heads, head_dim = key.shape[1], key.shape[2]
-    kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping[keep], key[keep])
-    kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping[keep], value[keep])
+    write_kv_cache_in_torch(key[keep], value[keep], kv_cache, slot_mapping[keep])
 
 
 def check_kv_cache_layout(kv_cache: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:

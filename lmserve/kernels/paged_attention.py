@@ -142,6 +142,7 @@ def _paged_attention_kernel(
         slot_offsets = block * stride_cache_block + (key_pos % BLOCK_SIZE) * stride_cache_slot
         # Load [keys, head_dim] (contiguous rows, so vectorised) and transpose in registers.
         keys = tl.load(cache_head + slot_offsets[:, None] + dims[None, :], mask=key_valid[:, None], other=0.0)
+        keys = keys.to(query.dtype)  # a float8 cache is widened to the queries' dtype
         if FP32_DOT:
             scores = tl.dot(query, tl.trans(keys), input_precision="ieee")
         else:
@@ -161,7 +162,7 @@ def _paged_attention_kernel(
 
         values = tl.load(
             cache_head + stride_cache_kv + slot_offsets[:, None] + dims[None, :], mask=key_valid[:, None], other=0.0
-        )
+        ).to(query.dtype)
         acc *= correction[:, None]
         if FP32_DOT:
             acc += tl.dot(probs, values, input_precision="ieee")
@@ -237,7 +238,8 @@ def paged_attention(
     query: [num_tokens, num_heads, head_dim]; request i's queries are rows
     `query_start_loc[i]:query_start_loc[i + 1]`, the last tokens of its `seq_lens[i]`-long context, whose
     keys and values (this step's included) are already in `kv_cache`
-    ([2, num_blocks, block_size, num_kv_heads, head_dim]) at the blocks `block_tables[i]` lists.
+    ([2, num_blocks, block_size, num_kv_heads, head_dim], the queries' dtype or float8 e4m3) at the blocks
+    `block_tables[i]` lists.
     A query at position p sees keys at positions <= p, and > p - sliding_window when one is given.
     `max_query_len` is a host-side int (no device sync); 1 selects the decode tile shape.
     The launch depends only on shapes and `max_query_len`, and each program loops over its request's keys up
@@ -257,8 +259,8 @@ def paged_attention(
         raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
     if query.stride(2) != 1:
         raise ValueError("query must be contiguous in head_dim")
-    if query.dtype != kv_cache.dtype:
-        raise ValueError(f"query dtype {query.dtype} differs from the cache's {kv_cache.dtype}")
+    if kv_cache.dtype not in (query.dtype, torch.float8_e4m3fn):
+        raise ValueError(f"a {query.dtype} query cannot read a {kv_cache.dtype} cache (its own dtype or float8)")
     if out is None:
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     elif out.shape != query.shape or out.stride(2) != 1:

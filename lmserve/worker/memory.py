@@ -126,7 +126,7 @@ def profiling_pass(
         inputs = profiling_inputs(
             scheduler.max_num_batched_tokens, scheduler.max_num_seqs, config.model.max_model_len, block_size, device
         )
-        with scratch_kv_cache(model, backend, block_size, config.model.torch_dtype, device):
+        with scratch_kv_cache(model, backend, block_size, config.kv_cache_torch_dtype, device):
             hidden = model(inputs.input_ids, inputs.positions, inputs.metadata)
         rows = torch.arange(scheduler.max_num_seqs, device=device) % hidden.shape[0]
         logits = model.compute_logits(hidden[rows])

@@ -124,7 +124,7 @@ class ModelRunner:
     def kv_cache_block_bytes(self) -> int:
         """Bytes of one block across all layers (keys and values)."""
         model = self.config.model
-        element_size = torch.tensor([], dtype=model.torch_dtype).element_size()
+        element_size = self.config.kv_cache_torch_dtype.itemsize
         per_layer = 2 * self.config.cache.block_size * model.num_kv_heads * model.head_dim * element_size
         return per_layer * model.num_layers
 
@@ -190,7 +190,8 @@ class ModelRunner:
         shape = (2, num_blocks, block_size, model.num_kv_heads, model.head_dim)
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.graphs = None
-        self.kv_caches = [torch.zeros(shape, dtype=model.torch_dtype, device=self.device) for _ in layers]
+        dtype = self.config.kv_cache_torch_dtype
+        self.kv_caches = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in layers]
         for layer, kv_cache in zip(layers, self.kv_caches, strict=True):
             layer.bind(kv_cache, self.backend)
         if self.uses_cuda_graphs:

@@ -26,3 +26,15 @@ def test_matches_torch_backend_on_a_mixed_batch(sliding_window: int | None) -> N
 
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(batch.kv_cache, reference_cache)
+
+
+def test_matches_torch_backend_over_a_float8_cache() -> None:
+    batch = make_batch(MIXED, 4, 2, 16, 16, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
+    reference_cache = batch.kv_cache.clone()
+    args = (batch.query, batch.key, batch.value)
+
+    expected = TorchAttentionBackend().forward(*args, reference_cache, batch.metadata, 0.3, None)
+    out = TritonAttentionBackend().forward(*args, batch.kv_cache, batch.metadata, 0.3, None)
+
+    torch.testing.assert_close(out, expected, rtol=1.6e-2, atol=1e-2)
+    assert torch.equal(batch.kv_cache.view(torch.uint8), reference_cache.view(torch.uint8))

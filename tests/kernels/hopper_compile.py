@@ -21,23 +21,29 @@ INDEX_POINTERS = {"block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "sl
 FLOAT32_POINTERS = {"partial_out_ptr", "partial_lse_ptr", "cos_ptr", "sin_ptr"}
 FLOAT_SCALARS = {"qk_scale", "eps"}
 
-# (dtype, query heads per kv head, BLOCK_Q, BLOCK_N, sliding window, num_warps, decode only): what the
-# launcher picks for a bf16 prefill with GQA 4, a fp16 decode with GQA 8 and a window, a float32 MHA prefill.
+# (dtype, query heads per kv head, BLOCK_Q, BLOCK_N, sliding window, num_warps, decode only, cache dtype):
+# what the launcher picks for a bf16 prefill with GQA 4, a fp16 decode with GQA 8 and a window, a float32 MHA
+# prefill, and a bf16 prefill and decode over a float8 cache.
 ATTENTION_VARIANTS = [
-    ("bf16", 4, 16, 64, False, 4, False),
-    ("fp16", 8, 1, 64, True, 4, True),
-    ("fp32", 1, 16, 32, True, 8, False),
+    ("bf16", 4, 16, 64, False, 4, False, None),
+    ("fp16", 8, 1, 64, True, 4, True, None),
+    ("fp32", 1, 16, 32, True, 8, False, None),
+    ("bf16", 4, 16, 64, False, 4, False, "fp8e4nv"),
+    ("bf16", 4, 1, 64, False, 4, True, "fp8e4nv"),
 ]
 # A launch turns int arguments equal to 1 into constants: one request (or one kv head), one block each.
 SINGLE_REQUEST = {"num_requests": 1, "stride_block_tables": 1}
 
 
-def compile_for_hopper(kernel, dtype: str, constants: dict, num_warps: int) -> None:
-    """Compile as a launch would: pointers and strides specialised as 16-byte aligned / multiples of 16."""
+def compile_for_hopper(kernel, dtype: str, constants: dict, num_warps: int, cache_dtype: str | None = None) -> None:
+    """Compile as a launch would: pointers and strides specialised as 16-byte aligned / multiples of 16.
+    The KV cache holds `dtype` unless `cache_dtype` (fp8e4nv: float8 e4m3) says otherwise."""
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name in constants:
             signature[name] = "constexpr"
+        elif name == "cache_ptr" and cache_dtype is not None:
+            signature[name] = f"*{cache_dtype}"
         elif name in INDEX_POINTERS:
             signature[name] = "*i64"
         elif name in FLOAT32_POINTERS:
@@ -54,7 +60,7 @@ def compile_for_hopper(kernel, dtype: str, constants: dict, num_warps: int) -> N
 
 
 def compile_all_variants() -> None:
-    for dtype, group, block_q, block_n, has_window, num_warps, decode_only in ATTENTION_VARIANTS:
+    for dtype, group, block_q, block_n, has_window, num_warps, decode_only, cache_dtype in ATTENTION_VARIANTS:
         group_pad = triton.next_power_of_2(group)
         constants = {
             "BLOCK_SIZE": 16,
@@ -69,15 +75,15 @@ def compile_all_variants() -> None:
             "DECODE_ONLY": decode_only,
             "SPLIT": False,
         }
-        compile_for_hopper(_paged_attention_kernel, dtype, constants, num_warps)
+        compile_for_hopper(_paged_attention_kernel, dtype, constants, num_warps, cache_dtype)
         if not decode_only:  # the request search is then a loop over constants
-            compile_for_hopper(_paged_attention_kernel, dtype, constants | SINGLE_REQUEST, num_warps)
+            compile_for_hopper(_paged_attention_kernel, dtype, constants | SINGLE_REQUEST, num_warps, cache_dtype)
         else:  # a small decode batch splits its keys, then merges the splits
-            compile_for_hopper(_paged_attention_kernel, dtype, constants | {"SPLIT": True}, num_warps)
+            compile_for_hopper(_paged_attention_kernel, dtype, constants | {"SPLIT": True}, num_warps, cache_dtype)
             compile_for_hopper(_merge_splits_kernel, dtype, {"SPLITS_PAD": 16, "HEAD_DIM": 128}, 4)
-    compile_for_hopper(
-        _write_kv_cache_kernel, "bf16", {"BLOCK_SIZE": 16, "HEADS_PAD": 1, "HEAD_DIM": 128, "num_kv_heads": 1}, 4
-    )
+    for cache_dtype in (None, "fp8e4nv"):
+        constants = {"BLOCK_SIZE": 16, "HEADS_PAD": 1, "HEAD_DIM": 128, "num_kv_heads": 1}
+        compile_for_hopper(_write_kv_cache_kernel, "bf16", constants, 4, cache_dtype)
     for has_residual in (False, True):
         compile_for_hopper(_rms_norm_kernel, "bf16", {"HAS_RESIDUAL": has_residual, "BLOCK": 1024}, 4)
     for has_norm in (False, True):  # Qwen3 normalises each head inside the rotary launch

@@ -36,8 +36,10 @@ def make_batch(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     device: str = DEVICE,
+    cache_dtype: torch.dtype | None = None,
 ) -> PagedBatch:
-    """Give each request shuffled, non-adjacent cache blocks and random (never zero) data everywhere."""
+    """Give each request shuffled, non-adjacent cache blocks and random (never zero) data everywhere;
+    the cache holds `dtype` unless `cache_dtype` (float8) says otherwise."""
     generator = torch.Generator().manual_seed(seed)
     seq_lens = [context + new for context, new in lengths]
     blocks_per_request = [-(-seq_len // block_size) for seq_len in seq_lens]
@@ -69,7 +71,7 @@ def make_batch(
         query=query.view(num_tokens, num_heads, head_dim),
         key=key.view(num_tokens, num_kv_heads, head_dim),
         value=value.view(num_tokens, num_kv_heads, head_dim),
-        kv_cache=randn(2, num_blocks, block_size, num_kv_heads, head_dim),
+        kv_cache=randn(2, num_blocks, block_size, num_kv_heads, head_dim).to(cache_dtype or dtype),
         metadata=AttentionMetadata(
             slot_mapping=on_device(slot_mapping),
             block_tables=on_device(block_tables),

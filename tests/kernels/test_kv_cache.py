@@ -24,6 +24,21 @@ def test_write_matches_reference(dtype: torch.dtype, block_size: int, num_kv_hea
     assert torch.equal(batch.kv_cache, expected)
 
 
+def test_float8_cache_stores_what_the_torch_path_stores() -> None:
+    # Keys scaled far past float8 e4m3's range: both paths round to nearest even and saturate at +-448.
+    batch = make_batch(MIXED, 2, 2, 32, 16, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
+    key, slots = batch.key * 300, batch.metadata.slot_mapping
+    expected = batch.kv_cache.clone()
+    backend_write_kv_cache(key, batch.value, expected, slots)
+
+    write_kv_cache(key, batch.value, batch.kv_cache, slots)
+
+    assert torch.equal(batch.kv_cache.view(torch.uint8), expected.view(torch.uint8))
+    stored_keys = batch.kv_cache[0].flatten(0, 1)[slots].float()
+    assert stored_keys.abs().max() == 448 and not stored_keys.isnan().any()
+    torch.testing.assert_close(stored_keys, key.float().clamp(-448, 448), rtol=0.07, atol=0.02)
+
+
 def test_padding_slots_are_skipped() -> None:
     # Every other token is padding (slot -1): the cache keeps its old contents at those tokens' slots.
     batch = make_batch(MIXED, 2, 2, 16, 16)

@@ -46,6 +46,15 @@ def test_half_precision(dtype: torch.dtype) -> None:
     torch.testing.assert_close(out, expected, **HALF_TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize(("lengths", "tile"), [(MIXED, {}), (DECODES, {"num_splits": 3, "block_n": 16})],
+                         ids=["mixed", "split-decode"])
+def test_float8_cache(lengths: list[tuple[int, int]], tile: dict) -> None:
+    # bfloat16 queries over float8 keys and values, which the kernel widens exactly.
+    batch = make_batch(lengths, 4, 2, 32, 16, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
+    out, expected = attend(batch, sliding_window=None, **tile)
+    torch.testing.assert_close(out, expected, **HALF_TOLERANCE[torch.bfloat16])
+
+
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(2, 2), (4, 1)])
 def test_decode_batch(num_heads: int, num_kv_heads: int) -> None:
     # max_query_len 1 selects one-token tiles; the 70-token context takes several key tiles.

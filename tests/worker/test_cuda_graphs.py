@@ -245,6 +245,17 @@ def test_greedy_outputs_with_graphs_equal_eager(tiny_models, replays, variant, d
 
 @pytest.mark.gpu
 @needs_cuda
+def test_greedy_outputs_over_a_float8_cache_with_graphs_equal_eager(tiny_models, replays):
+    prompts, max_tokens = staggered_batch(30)
+    options = {"dtype": "bfloat16", "kv_cache_dtype": "fp8"}
+    expected, _ = generate(tiny_models.get("qwen3"), prompts, max_tokens, enforce_eager=True, **options)
+    ours, _ = generate(tiny_models.get("qwen3"), prompts, max_tokens, **options)
+    assert ours == expected
+    assert any(replay.decode_only for replay in replays)
+
+
+@pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_graphs_with_chunked_prefill_mixed_steps_and_preemption(tiny_models, replays, dtype):
     # A 32-token budget chunks prompts and mixes them with decodes; 10 blocks of 16 cannot hold 12

@@ -1,6 +1,7 @@
 """The model runner's KV cache sizing."""
 
 import pytest
+import torch
 
 from lmserve.config import EngineConfig
 from lmserve.errors import ConfigError
@@ -15,6 +16,18 @@ def test_block_bytes_count_every_layer_key_and_value(tiny_models):
     runner = make_runner(tiny_models.get("qwen3"))
     # 2 layers x (key + value) x 16 tokens x 2 kv heads x head_dim 32 x 4 bytes
     assert runner.kv_cache_block_bytes == 2 * 2 * 16 * 2 * 32 * 4
+
+
+def test_a_float8_cache_takes_one_byte_per_element(tiny_models):
+    runner = make_runner(tiny_models.get("qwen3"), kv_cache_dtype="fp8")
+    assert runner.kv_cache_block_bytes == 2 * 2 * 16 * 2 * 32 * 1
+    runner.allocate_kv_cache(4)
+    assert runner.kv_caches and all(cache.dtype == torch.float8_e4m3fn for cache in runner.kv_caches)
+
+
+def test_unknown_kv_cache_dtype_is_a_config_error(tiny_models):
+    with pytest.raises(ConfigError, match="kv_cache_dtype"):
+        make_runner(tiny_models.get("qwen3"), kv_cache_dtype="int4")
 
 
 def test_number_of_blocks_follows_the_byte_budget_or_the_explicit_count(tiny_models):
@@ -43,3 +56,13 @@ def test_in_out_projections_change_the_layout_not_the_tokens(tiny_models):
     assert weight.stride() == (1, weight.shape[0])
     outputs = [llm.generate(prompts, params, use_tqdm=False) for llm in (default, transposed)]
     assert [o.outputs[0].token_ids for o in outputs[0]] == [o.outputs[0].token_ids for o in outputs[1]]
+
+
+def test_generation_over_a_float8_cache_frees_every_block(tiny_models):
+    from lmserve import LLM, SamplingParams
+
+    llm = LLM(str(tiny_models.get("llama")), skip_tokenizer_init=True, kv_cache_dtype="fp8")
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    outputs = llm.generate([[5, 6, 7, 8], list(range(20, 60))], params, use_tqdm=False)
+    assert [len(output.outputs[0].token_ids) for output in outputs] == [12, 12]
+    assert llm.engine.core.stats().num_used_blocks == 0
