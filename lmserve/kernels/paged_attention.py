@@ -48,35 +48,6 @@ def _find_request(query_start_loc_ptr, num_requests, tile, BLOCK_Q: tl.constexpr
     return low
 
 
-@triton.jit
-def _load_rows(cache_ptr, row_offsets, row_valid, dtype: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Cache rows [len(row_offsets), HEAD_DIM] as `dtype`.
-
-    A float8 cache is read as 32-bit words of four values and widened in the registers that loaded them:
-    left to the compiler, the widening moved past the staging through shared memory, which then served
-    the matrix product one byte at a time. A float8 e4m3 byte's bits, moved into a float16's exponent and
-    mantissa fields, give the value times 2^-8 exactly (subnormals included).
-    """
-    if cache_ptr.dtype.element_ty != tl.float8e4nv:
-        dims = tl.arange(0, HEAD_DIM)
-        return tl.load(cache_ptr + row_offsets[:, None] + dims[None, :], mask=row_valid[:, None], other=0.0).to(dtype)
-    words_ptr = cache_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
-    words = tl.arange(0, HEAD_DIM // 4)
-    packed = tl.load(words_ptr + row_offsets[:, None] // 4 + words[None, :], mask=row_valid[:, None], other=0)
-    # Byte k of word w is value 4w + k; each join adds a last dimension, so join(join(b0, b2), join(b1, b3))
-    # puts byte 2j + i at [w, j, i].
-    even = tl.join(_widen_float8(packed, 0, dtype), _widen_float8(packed, 16, dtype))
-    odd = tl.join(_widen_float8(packed, 8, dtype), _widen_float8(packed, 24, dtype))
-    return tl.reshape(tl.join(even, odd), [row_offsets.shape[0], HEAD_DIM])
-
-
-@triton.jit
-def _widen_float8(packed, shift: tl.constexpr, dtype: tl.constexpr):
-    byte = (packed >> shift) & 0xFF
-    half_bits = (((byte & 0x7F) << 7) | ((byte & 0x80) << 8)).to(tl.int16)
-    return (half_bits.to(tl.float16, bitcast=True).to(tl.float32) * 256.0).to(dtype)
-
-
 # Ints that change from step to step are not specialised on (== 1, divisible by 16): each new combination
 # would otherwise compile the kernel again, for up to a second, in the middle of serving.
 @triton.jit(do_not_specialize=["num_requests", "num_splits", "stride_block_tables"])
@@ -170,7 +141,8 @@ def _paged_attention_kernel(
         block = tl.load(block_table + key_pos // BLOCK_SIZE, mask=key_valid, other=0)
         slot_offsets = block * stride_cache_block + (key_pos % BLOCK_SIZE) * stride_cache_slot
         # Load [keys, head_dim] (contiguous rows, so vectorised) and transpose in registers.
-        keys = _load_rows(cache_head, slot_offsets, key_valid, query.dtype, HEAD_DIM)
+        keys = tl.load(cache_head + slot_offsets[:, None] + dims[None, :], mask=key_valid[:, None], other=0.0)
+        keys = keys.to(query.dtype)  # a float8 cache is widened to the queries' dtype
         if FP32_DOT:
             scores = tl.dot(query, tl.trans(keys), input_precision="ieee")
         else:
@@ -188,7 +160,9 @@ def _paged_attention_kernel(
         row_sum = row_sum * correction + tl.sum(probs, axis=1)
         row_max = new_max
 
-        values = _load_rows(cache_head + stride_cache_kv, slot_offsets, key_valid, query.dtype, HEAD_DIM)
+        values = tl.load(
+            cache_head + stride_cache_kv + slot_offsets[:, None] + dims[None, :], mask=key_valid[:, None], other=0.0
+        ).to(query.dtype)
         acc *= correction[:, None]
         if FP32_DOT:
             acc += tl.dot(probs, values, input_precision="ieee")
