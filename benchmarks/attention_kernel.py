@@ -8,7 +8,8 @@ split their keys over several programs as the engine does (flash-decoding), or a
 `--block-n`, `--num-warps` and `--num-stages` sweep the tile. The figure is the median device time of
 calls replayed from a CUDA graph (as the engine's decode steps run them); bandwidth counts each request's
 keys and values read once. As a reference of what a tuned kernel reaches, the same shapes also run
-through torch's SDPA on contiguous (unpaged) keys and values.
+through torch's SDPA on contiguous (unpaged) keys and values. `--cache-dtype fp8` times a float8 cache
+(no SDPA beside it).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.workloads import environment, measure_copy_bandwidth
+from benchmarks.workloads import device_time_ms, environment, measure_copy_bandwidth
 from lmserve.kernels import paged_attention
-from lmserve.worker.device_timing import device_time_ms
+
+CACHE_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}  # the queries are bf16
 
 
 def _row(kernel: str, batch: int, context: int, ms: float, kv_bytes: int, bandwidth: float) -> dict:
@@ -38,12 +40,12 @@ def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth:
     blocks_per_seq = -(-context // args.block_size)
     num_blocks = batch * blocks_per_seq + 1
     cache = torch.randn(2, num_blocks, args.block_size, args.kv_heads, args.head_dim, dtype=torch.bfloat16,
-                        device=device)
+                        device=device).to(CACHE_DTYPES[args.cache_dtype])
     tables = torch.randperm(num_blocks - 1, device=device)[: batch * blocks_per_seq].view(batch, -1) + 1
     seq_lens = torch.full((batch,), context, dtype=torch.int64, device=device)
     query_start_loc = torch.arange(batch + 1, dtype=torch.int64, device=device)
     query = torch.randn(batch, args.heads, args.head_dim, dtype=torch.bfloat16, device=device)
-    kv_bytes = 2 * batch * context * args.kv_heads * args.head_dim * 2
+    kv_bytes = 2 * batch * context * args.kv_heads * args.head_dim * cache.element_size()
     scale = args.head_dim**-0.5
     rows = []
     for block_n, num_warps, num_stages, num_splits in itertools.product(
@@ -55,6 +57,8 @@ def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth:
         name = f"paged(n={block_n},w={num_warps},s={num_stages},splits={num_splits or 'auto'})"
         rows.append(_row(name, batch, context, device_time_ms(call), kv_bytes, bandwidth))
     del cache
+    if args.cache_dtype != "bf16":
+        return rows  # SDPA has no float8 path to compare with
     keys = torch.randn(batch, args.kv_heads, context, args.head_dim, dtype=torch.bfloat16, device=device)
     call = functools.partial(F.scaled_dot_product_attention, query[:, :, None, :], keys, torch.randn_like(keys),
                              enable_gqa=True)
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default="bf16")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 256])
     parser.add_argument("--context", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--block-n", type=int, nargs="+", default=[None])

@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.workloads import environment, load_config, measure_copy_bandwidth
-from lmserve.worker.device_timing import device_time_ms
+from benchmarks.workloads import device_time_ms, environment, load_config, measure_copy_bandwidth
 
 _COPIES = 8  # weights rotated per timed call: their sum is far larger than the L2
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +131,26 @@ def measure_copy_bandwidth() -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / 1000)
     return 2 * source.numel() / sorted(times)[len(times) // 2]
+
+
+def device_time_ms(fn: Callable[[], object], iterations: int = 20, calls_per_graph: int = 10) -> float:
+    """Median device milliseconds per call of `fn`, over `iterations` replays of `calls_per_graph` calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls_per_graph):
+            fn()
+    times = []
+    for _ in range(iterations):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls_per_graph)
+    return statistics.median(times)
 
 
 def environment() -> dict:
