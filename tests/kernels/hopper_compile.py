@@ -29,7 +29,7 @@ ATTENTION_VARIANTS = [
     ("fp16", 8, 1, 64, True, 4, True, None),
     ("fp32", 1, 16, 32, True, 8, False, None),
     ("bf16", 4, 16, 64, False, 4, False, "fp8e4nv"),
-    ("bf16", 4, 1, 64, False, 4, True, "fp8e4nv"),
+    ("bf16", 4, 1, 128, False, 4, True, "fp8e4nv"),
 ]
 # A launch turns int arguments equal to 1 into constants: one request (or one kv head), one block each.
 SINGLE_REQUEST = {"num_requests": 1, "stride_block_tables": 1}

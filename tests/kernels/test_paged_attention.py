@@ -55,6 +55,18 @@ def test_float8_cache(lengths: list[tuple[int, int]], tile: dict) -> None:
     torch.testing.assert_close(out, expected, **HALF_TOLERANCE[torch.bfloat16])
 
 
+def test_float8_decode_that_fills_the_gpu_takes_long_key_tiles() -> None:
+    # 66 requests x 2 kv heads fill the 132 SMs assumed on a CPU: 128 keys per tile, contexts of 1-200 keys.
+    from lmserve.kernels.paged_attention import _float8_decode_block_n
+
+    assert _float8_decode_block_n(132, torch.device("cpu")) == 128
+    assert _float8_decode_block_n(8, torch.device("cpu")) == 32
+    lengths = [((37 * i) % 200, 1) for i in range(66)]
+    batch = make_batch(lengths, 4, 2, 32, 16, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
+    out, expected = attend(batch, sliding_window=None)
+    torch.testing.assert_close(out, expected, **HALF_TOLERANCE[torch.bfloat16])
+
+
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(2, 2), (4, 1)])
 def test_decode_batch(num_heads: int, num_kv_heads: int) -> None:
     # max_query_len 1 selects one-token tiles; the 70-token context takes several key tiles.
