@@ -102,7 +102,7 @@ class CacheConfig:
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_bytes: int = 1 << 30
     # "auto": the model's dtype; "fp8" (= "fp8_e4m3"): twice the tokens, no scales (lmserve.attention.cache_dtype);
-    # on an H200 not yet faster than a bf16 cache (benchmarks/results/*-fp8-kv.json)
+    # on an H200 not yet faster end to end than a bf16 cache (benchmarks/results/*-fp8-kv.json)
     kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
