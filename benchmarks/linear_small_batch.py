@@ -68,8 +68,10 @@ def main() -> None:
         for rows in args.rows:
             x = torch.randn(rows, num_in, dtype=torch.bfloat16, device="cuda")
             torch.testing.assert_close(torch.matmul(x, transposed[0]), F.linear(x, weights[0]), rtol=2e-2, atol=2e-1)
-            torch.testing.assert_close(torch.mv(weights[0], x[0]), F.linear(x, weights[0])[0], rtol=2e-2, atol=2e-1)
-            variants = [("out_in", weights), ("in_out", transposed)] + [("out_in_mv", weights)] * (rows == 1)
+            variants = [("out_in", weights), ("in_out", transposed)]
+            if rows == 1:
+                torch.testing.assert_close(torch.mv(weights[0], x[0]), F.linear(x, weights[0])[0], rtol=2e-2, atol=2e-1)
+                variants.append(("out_in_mv", weights))
             for variant, stored in variants:
                 ms = time_variant(stored, x, variant)
                 results.append({"layer": name, "in": num_in, "out": num_out, "rows": rows, "variant": variant,

@@ -12,6 +12,7 @@ import torch
 
 from lmserve.attention.cache_dtype import KV_CACHE_DTYPES, kv_cache_torch_dtype
 from lmserve.errors import ConfigError, ModelLoadError
+from lmserve.worker.projection_layout import LAYOUTS as PROJECTION_LAYOUTS
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -160,8 +161,9 @@ class RunnerConfig:
     def __post_init__(self) -> None:
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ConfigError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
-        if self.projection_layout not in ("out_in", "in_out"):
-            raise ConfigError(f"projection_layout must be out_in or in_out, got {self.projection_layout!r}")
+        if self.projection_layout not in PROJECTION_LAYOUTS:
+            choices = " or ".join(PROJECTION_LAYOUTS)
+            raise ConfigError(f"projection_layout must be {choices}, got {self.projection_layout!r}")
         sizes = self.cuda_graph_batch_sizes
         if sizes is not None and (not sizes or any(not isinstance(s, int) or s < 1 for s in sizes)):
             raise ConfigError(

@@ -12,9 +12,11 @@ KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")  # auto: the model's dtype; fp8 is
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
 
 
+FLOAT8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper convert float8 in hardware; Triton has no float8 below
+
+
 def kv_cache_torch_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
-    if name not in KV_CACHE_DTYPES:
-        raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {name!r}")
+    """The cache's torch dtype for a `KV_CACHE_DTYPES` name (the engine's config has checked it)."""
     return model_dtype if name == "auto" else torch.float8_e4m3fn
 
 

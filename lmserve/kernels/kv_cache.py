@@ -10,14 +10,16 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.attention.backend import write_kv_cache as write_kv_cache_in_torch
+from lmserve.attention.cache_dtype import FP8_MAX, store_rows
+
+_FLOAT8_MAX = tl.constexpr(FP8_MAX)
 
 
 @triton.jit
 def to_cache_dtype(x, dtype: tl.constexpr):
-    """`x` as a cache of `dtype` stores it; float8 e4m3 saturates rather than overflowing to NaN."""
+    """`x` as a cache of `dtype` stores it; float8 e4m3 saturates rather than overflowing (a NaN stays NaN)."""
     if dtype == tl.float8e4nv:
-        x = tl.clamp(x.to(tl.float32), -448.0, 448.0)
+        x = tl.clamp(x.to(tl.float32), -_FLOAT8_MAX, _FLOAT8_MAX, propagate_nan=tl.PropagateNan.ALL)
     return x.to(dtype)
 
 
@@ -105,7 +107,9 @@ def reference_write_kv_cache(
 ) -> None:
     """The torch reference of `write_kv_cache`, padding slots (-1) included."""
     keep = slot_mapping >= 0
-    write_kv_cache_in_torch(key[keep], value[keep], kv_cache, slot_mapping[keep])
+    num_kv_heads, head_dim = key.shape[1], key.shape[2]
+    store_rows(kv_cache[0].view(-1, num_kv_heads, head_dim), slot_mapping[keep], key[keep])
+    store_rows(kv_cache[1].view(-1, num_kv_heads, head_dim), slot_mapping[keep], value[keep])
 
 
 def check_kv_cache_layout(kv_cache: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:

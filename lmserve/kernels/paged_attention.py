@@ -279,7 +279,7 @@ def paged_attention(
         block_q = 1 if max_query_len == 1 else max(1, target_rows // group_pad)
     if block_n is None:
         block_n = 32 if is_fp32 else 64
-        if kv_cache.dtype == torch.float8_e4m3fn and max_query_len == 1:
+        if kv_cache.dtype == torch.float8_e4m3fn and max_query_len == 1 and not is_fp32:
             block_n = _float8_decode_block_n(num_requests * num_kv_heads, query.device)
     if block_q < 1 or block_q & (block_q - 1):
         raise ValueError(f"block_q must be a power of two, got {block_q}")
@@ -370,10 +370,11 @@ def _decode_num_splits(num_programs: int, max_seq_len: int, block_n: int, device
 
 
 def _float8_decode_block_n(num_programs: int, device: torch.device) -> int:
-    """Keys per iteration of a decode step over a float8 cache: 128 once its (request, kv head) pairs fill
-    the SMs, else 32. On an H200 at Qwen3-0.6B's heads, 128 made batch 64-256 decode attention 18-22% faster
-    than 64 (and 6-10% faster than a bf16 cache); at batch 1, 32 was fastest
-    (benchmarks/results/attention-kernel-A-h200-fp8.json)."""
+    """Keys per iteration of a 16-bit decode step over a float8 cache: 128 once its (request, kv head) pairs
+    fill the SMs, else 32. On an H200 at Qwen3-0.6B's heads, 128 made batch 64-256 decode attention 18-22%
+    faster than 64 (and 6-10% faster than over a bf16 cache); at batch 1, 32 was the fastest tile at 512
+    keys of context and 3% behind 128 at 2048 (benchmarks/results/attention-kernel-A-h200-fp8.json). Batches
+    2-63 were not measured; the switch at one pair per SM is a guess between the two."""
     return 128 if num_programs >= _num_sms(device) else 32
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from lmserve.attention import Attention, AttentionBackend, TorchAttentionBackend
+from lmserve.attention.cache_dtype import FLOAT8_MIN_CAPABILITY
 from lmserve.config import EngineConfig
 from lmserve.engine.scheduler import SchedulerOutput
 from lmserve.errors import ConfigError
@@ -110,6 +111,7 @@ class ModelRunner:
         )
         apply_projection_layout(self.model, config.runner.projection_layout)
         self.backend = _attention_backend(config.runner.attention_backend)
+        _check_float8_cache_support(config, self.device)
         self.sampler = Sampler()
         self.staging = HostToDevice(self.device)
         self.generators: dict[str, torch.Generator] = {}
@@ -296,6 +298,17 @@ class ModelRunner:
             generator = torch.Generator(device=self.device).manual_seed(seed)
             self.generators[request_id] = generator
         return generator
+
+
+def _check_float8_cache_support(config: EngineConfig, device: torch.device) -> None:
+    if config.kv_cache_torch_dtype != torch.float8_e4m3fn or device.type != "cuda":
+        return
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FLOAT8_MIN_CAPABILITY:
+        raise ConfigError(
+            f"kv_cache_dtype {config.cache.kv_cache_dtype!r} needs a GPU of compute capability "
+            f"{'.'.join(map(str, FLOAT8_MIN_CAPABILITY))} or newer; this one has {capability[0]}.{capability[1]}"
+        )
 
 
 def _attention_backend(name: str) -> AttentionBackend:

@@ -18,9 +18,8 @@ LAYOUTS = ("out_in", "in_out")
 
 @torch.no_grad()
 def apply_projection_layout(model: nn.Module, layout: str) -> None:
-    """Lay out every linear layer's weight as `layout` says; shapes and values stay, only strides change."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"projection layout must be one of {LAYOUTS}, got {layout!r}")
+    """Lay out every linear layer's weight as `layout` (one of `LAYOUTS`) says; shapes and values stay,
+    only strides change."""
     if layout == "out_in":
         return
     for module in model.modules():

@@ -7,6 +7,8 @@ import torch
 from transformers import AutoConfig
 
 from lmserve.attention.cache_dtype import kv_cache_torch_dtype, to_cache_dtype
+from lmserve.config import CacheConfig
+from lmserve.errors import ConfigError
 from lmserve.models import load_model
 from tests.tiny_models import TinyModelCache, lmserve_logits
 
@@ -23,8 +25,11 @@ def test_auto_is_the_models_dtype_and_fp8_is_e4m3() -> None:
     assert kv_cache_torch_dtype("auto", torch.bfloat16) == torch.bfloat16
     assert kv_cache_torch_dtype("fp8", torch.bfloat16) == kv_cache_torch_dtype("fp8_e4m3", torch.float16)
     assert kv_cache_torch_dtype("fp8", torch.bfloat16) == torch.float8_e4m3fn
-    with pytest.raises(ValueError, match="kv_cache_dtype"):
-        kv_cache_torch_dtype("fp8_e5m2", torch.bfloat16)
+
+
+def test_unknown_kv_cache_dtype_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="kv_cache_dtype"):
+        CacheConfig(kv_cache_dtype="fp8_e5m2")
 
 
 @pytest.mark.parametrize("variant", ["llama", "qwen3"])

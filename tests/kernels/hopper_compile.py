@@ -23,13 +23,15 @@ FLOAT_SCALARS = {"qk_scale", "eps"}
 
 # (dtype, query heads per kv head, BLOCK_Q, BLOCK_N, sliding window, num_warps, decode only, cache dtype):
 # what the launcher picks for a bf16 prefill with GQA 4, a fp16 decode with GQA 8 and a window, a float32 MHA
-# prefill, and a bf16 prefill and decode over a float8 cache.
+# prefill, a bf16 prefill and decode over a float8 cache, and fp16 and float32 decodes over a float8 cache.
 ATTENTION_VARIANTS = [
     ("bf16", 4, 16, 64, False, 4, False, None),
     ("fp16", 8, 1, 64, True, 4, True, None),
     ("fp32", 1, 16, 32, True, 8, False, None),
     ("bf16", 4, 16, 64, False, 4, False, "fp8e4nv"),
     ("bf16", 4, 1, 128, False, 4, True, "fp8e4nv"),
+    ("fp16", 2, 1, 32, True, 4, True, "fp8e4nv"),
+    ("fp32", 1, 1, 32, False, 8, True, "fp8e4nv"),
 ]
 # A launch turns int arguments equal to 1 into constants: one request (or one kv head), one block each.
 SINGLE_REQUEST = {"num_requests": 1, "stride_block_tables": 1}

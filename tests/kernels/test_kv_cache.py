@@ -26,6 +26,7 @@ def test_write_matches_reference(dtype: torch.dtype, block_size: int, num_kv_hea
 
 def test_float8_cache_stores_what_the_torch_path_stores() -> None:
     # Keys scaled far past float8 e4m3's range: both paths round to nearest even and saturate at +-448.
+    # (On a CPU the interpreter converts through torch too: the rounding is checked for real on the GPU.)
     batch = make_batch(MIXED, 2, 2, 32, 16, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
     key, slots = batch.key * 300, batch.metadata.slot_mapping
     expected = batch.kv_cache.clone()
@@ -37,6 +38,15 @@ def test_float8_cache_stores_what_the_torch_path_stores() -> None:
     stored_keys = batch.kv_cache[0].flatten(0, 1)[slots].float()
     assert stored_keys.abs().max() == 448 and not stored_keys.isnan().any()
     torch.testing.assert_close(stored_keys, key.float().clamp(-448, 448), rtol=0.07, atol=0.02)
+
+
+def test_a_nan_stays_nan_in_a_float8_cache() -> None:
+    batch = make_batch(MIXED, 2, 2, 32, 16, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
+    key, slots = batch.key.clone(), batch.metadata.slot_mapping
+    key[3, 1, 5] = float("nan")
+    write_kv_cache(key, batch.value, batch.kv_cache, slots)
+    stored_keys = batch.kv_cache[0].flatten(0, 1)[slots].float()
+    assert stored_keys[3, 1, 5].isnan() and stored_keys.isnan().sum() == 1
 
 
 def test_padding_slots_are_skipped() -> None:

@@ -46,13 +46,15 @@ def test_half_precision(dtype: torch.dtype) -> None:
     torch.testing.assert_close(out, expected, **HALF_TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize(("lengths", "tile"), [(MIXED, {}), (DECODES, {"num_splits": 3, "block_n": 16})],
-                         ids=["mixed", "split-decode"])
-def test_float8_cache(lengths: list[tuple[int, int]], tile: dict) -> None:
-    # bfloat16 queries over float8 keys and values, which the kernel widens exactly.
-    batch = make_batch(lengths, 4, 2, 32, 16, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
-    out, expected = attend(batch, sliding_window=None, **tile)
-    torch.testing.assert_close(out, expected, **HALF_TOLERANCE[torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize(("lengths", "sliding_window"), [(MIXED, None), (DECODES, None), (DECODES, 20)],
+                         ids=["mixed", "decode", "decode-window"])
+def test_float8_cache(lengths: list[tuple[int, int]], sliding_window: int | None, dtype: torch.dtype) -> None:
+    # Queries of each dtype over float8 keys and values, which the kernel widens exactly; the decodes take
+    # the launcher's own tile and splits.
+    batch = make_batch(lengths, 4, 2, 32, 16, dtype, cache_dtype=torch.float8_e4m3fn)
+    out, expected = attend(batch, sliding_window)
+    torch.testing.assert_close(out, expected, **HALF_TOLERANCE.get(dtype, FP32_TOLERANCE))
 
 
 def test_float8_decode_that_fills_the_gpu_takes_long_key_tiles() -> None:

@@ -63,22 +63,26 @@ def _let_interpreter_multiply_bfloat16(interpreter) -> None:
 
 def _let_interpreter_round_float8_to_nearest_even(interpreter) -> None:
     """The interpreter's float conversions round a half up and drop the carry into the exponent (so
-    125.5 becomes 64 in float8 e4m3, where the GPU gives 128); convert to and from float8 e4m3 in torch."""
+    125.5 becomes 64 in float8 e4m3, where the GPU gives 128); convert to and from float8 e4m3 in torch.
+
+    Both round to nearest even, the only mode the kernels ask for. Out of range they differ (torch gives
+    NaN where the GPU saturates); the kernels clamp before they convert.
+    """
     builder = interpreter.InterpreterBuilder
     create_fp_to_fp = builder.create_fp_to_fp
     if getattr(create_fp_to_fp, "rounds_float8", False):
         return
     tl = interpreter.tl
-    # How the interpreter stores each type (bfloat16 and float8 as their bits) and the torch type it holds.
-    types = {tl.float32: (np.float32, torch.float32), tl.float16: (np.float16, torch.float16),
-             tl.bfloat16: (np.uint16, torch.bfloat16), tl.float8e4nv: (np.uint8, torch.float8_e4m3fn)}
+    # Each type as torch holds it, and as the interpreter stores it (bfloat16 and float8 as their bits).
+    types = {tl.float32: (torch.float32, torch.float32), tl.float16: (torch.float16, torch.float16),
+             tl.bfloat16: (torch.bfloat16, torch.uint16), tl.float8e4nv: (torch.float8_e4m3fn, torch.uint8)}
 
     def create_fp_to_fp_through_torch(self, src, dst_type, rounding_mode):
         source, target = src.dtype.scalar, dst_type.scalar
         if tl.float8e4nv not in (source, target) or source not in types or target not in types:
             return create_fp_to_fp(self, src, dst_type, rounding_mode)
-        values = torch.from_numpy(np.ascontiguousarray(src.data).view(types[source][0])).view(types[source][1])
-        converted = values.float().to(types[target][1]).view(getattr(torch, types[target][0].__name__))
+        stored = torch.from_numpy(np.ascontiguousarray(src.data)).view(types[source][1])
+        converted = stored.view(types[source][0]).float().to(types[target][0]).view(types[target][1])
         return interpreter.TensorHandle(converted.numpy(), target)
 
     create_fp_to_fp_through_torch.rounds_float8 = True

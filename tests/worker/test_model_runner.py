@@ -58,7 +58,8 @@ def test_in_out_projections_change_the_layout_not_the_tokens(tiny_models):
     assert [o.outputs[0].token_ids for o in outputs[0]] == [o.outputs[0].token_ids for o in outputs[1]]
 
 
-def test_generation_over_a_float8_cache_frees_every_block(tiny_models):
+def test_the_engine_runs_and_frees_its_blocks_over_a_float8_cache(tiny_models):
+    # What the float8 cache does to the values is checked by tests/attention/test_cache_dtype.py.
     from lmserve import LLM, SamplingParams
 
     llm = LLM(str(tiny_models.get("llama")), skip_tokenizer_init=True, kv_cache_dtype="fp8")
@@ -66,3 +67,14 @@ def test_generation_over_a_float8_cache_frees_every_block(tiny_models):
     outputs = llm.generate([[5, 6, 7, 8], list(range(20, 60))], params, use_tqdm=False)
     assert [len(output.outputs[0].token_ids) for output in outputs] == [12, 12]
     assert llm.engine.core.stats().num_used_blocks == 0
+
+
+def test_a_float8_cache_on_a_gpu_without_float8_is_a_config_error(tiny_models, monkeypatch):
+    from lmserve.worker.model_runner import _check_float8_cache_support
+
+    config = EngineConfig.from_options(str(tiny_models.get("qwen3")), device="cpu", kv_cache_dtype="fp8")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))  # an A100
+    with pytest.raises(ConfigError, match="compute capability 8.9 or newer; this one has 8.0"):
+        _check_float8_cache_support(config, torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    _check_float8_cache_support(config, torch.device("cuda"))
