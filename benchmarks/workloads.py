@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from lmserve.attention.cache_dtype import kv_cache_torch_dtype
+
 # Hugging Face configs of the workloads' architectures; weights are random ("dummy").
 PRESETS: dict[str, dict] = {
     "A": {  # Qwen3-0.6B
@@ -67,9 +69,8 @@ def latency_floor_seconds(
 
 def kv_element_size(engine_options: dict) -> int:
     """Bytes per cached key or value element: 1 with a float8 cache, else the model dtype's."""
-    if engine_options.get("kv_cache_dtype", "auto") != "auto":
-        return 1
-    return getattr(torch, engine_options.get("dtype", "bfloat16")).itemsize
+    model_dtype = getattr(torch, engine_options.get("dtype", "bfloat16"))
+    return kv_cache_torch_dtype(engine_options.get("kv_cache_dtype", "auto"), model_dtype).itemsize
 
 
 def load_config(name_or_path: str) -> dict:

@@ -12,8 +12,8 @@ import torch
 
 from lmserve.attention.cache_dtype import KV_CACHE_DTYPES, kv_cache_torch_dtype
 from lmserve.errors import ConfigError, ModelLoadError
-from lmserve.worker.projection_layout import LAYOUTS as PROJECTION_LAYOUTS
 
+PROJECTION_LAYOUTS = ("out_in", "in_out")  # lmserve.worker.projection_layout says why both
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 

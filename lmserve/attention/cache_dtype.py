@@ -10,8 +10,6 @@ import torch
 
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")  # auto: the model's dtype; fp8 is fp8_e4m3
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
-
-
 FLOAT8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper convert float8 in hardware; Triton has no float8 below
 
 

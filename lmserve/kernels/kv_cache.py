@@ -16,7 +16,7 @@ _FLOAT8_MAX = tl.constexpr(FP8_MAX)
 
 
 @triton.jit
-def to_cache_dtype(x, dtype: tl.constexpr):
+def _to_cache_dtype(x, dtype: tl.constexpr):
     """`x` as a cache of `dtype` stores it; float8 e4m3 saturates rather than overflowing (a NaN stays NaN)."""
     if dtype == tl.float8e4nv:
         x = tl.clamp(x.to(tl.float32), -_FLOAT8_MAX, _FLOAT8_MAX, propagate_nan=tl.PropagateNan.ALL)
@@ -59,11 +59,11 @@ def _write_kv_cache_kernel(
 
     cache_dtype = cache_ptr.dtype.element_ty
     key = tl.load(key_ptr + token * stride_key_token + heads[:, None] * stride_key_head + dims[None, :], mask=mask)
-    tl.store(cache_ptr + cache_offsets, to_cache_dtype(key, cache_dtype), mask=mask)
+    tl.store(cache_ptr + cache_offsets, _to_cache_dtype(key, cache_dtype), mask=mask)
     value = tl.load(
         value_ptr + token * stride_value_token + heads[:, None] * stride_value_head + dims[None, :], mask=mask
     )
-    tl.store(cache_ptr + stride_cache_kv + cache_offsets, to_cache_dtype(value, cache_dtype), mask=mask)
+    tl.store(cache_ptr + stride_cache_kv + cache_offsets, _to_cache_dtype(value, cache_dtype), mask=mask)
 
 
 def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-LAYOUTS = ("out_in", "in_out")
-
 
 @torch.no_grad()
 def apply_projection_layout(model: nn.Module, layout: str) -> None:
-    """Lay out every linear layer's weight as `layout` (one of `LAYOUTS`) says; shapes and values stay,
+    """Lay out every linear layer's weight as `layout` ("out_in" or "in_out") says; shapes and values stay,
     only strides change."""
     if layout == "out_in":
         return
