@@ -1,14 +1,17 @@
-"""Small-batch projection speed: each linear layer of a workload's model, timed as cuBLAS runs it.
+"""Small-batch projection speed: each linear layer of a workload's model with the step before it.
 
-    python -m benchmarks.linear_small_batch --config A --rows 1 8 32
+    python -m benchmarks.linear_small_batch --config A --rows 1 8 16
 
-At decode batch 1 every projection reads its whole weight to compute one row, so it should run near copy
-bandwidth; the batch-1 profiles show cuBLAS well below it on some shapes. For each layer shape this times
-`F.linear` on the [out, in] weight the model holds and, for comparison, a matmul on the same weight stored
-transposed ([in, out], contiguous), which cuBLAS serves with other kernels, and at one row the
-matrix-vector product `torch.mv` on the [out, in] weight (cuBLAS gemv). Figures are median device
-times of calls replayed from a CUDA graph, with weight bytes over time against the measured copy bandwidth.
-Fresh random weights per shape, several copies rotated so that no call reads a weight from L2.
+At decode batch sizes every projection reads its whole weight to compute a few rows, so it should run near
+copy bandwidth. Each layer comes with the step the model runs before it: the residual add and RMSNorm
+before q/k/v, gate/up and the LM head, SwiGLU's activation before down. For each layer shape this times
+- `unfused`: that step's own kernel, then `F.linear` (cuBLAS) on the [out, in] weight, as the model runs
+  them at larger batches;
+- `linear`: `F.linear` alone, and `linear_in_out`: a matmul on the weight stored [in, out];
+- `gemv(n, k, w, s)`: lmserve's small-batch kernel with the step fused in, at each tile.
+Figures are median device times of calls replayed from a CUDA graph, with weight bytes over time against
+the measured copy bandwidth. Fresh random weights per shape, several copies rotated so that no call reads
+a weight from L2.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,65 +28,100 @@ import torch.nn.functional as F
 from benchmarks.workloads import device_time_ms, environment, load_config, measure_copy_bandwidth
 
 _COPIES = 8  # weights rotated per timed call: their sum is far larger than the L2
+TILES = [(16, 256, 4, 4), (16, 128, 4, 4), (16, 512, 4, 3), (16, 256, 4, 6), (32, 256, 4, 4), (32, 128, 4, 6),
+         (64, 128, 4, 4), (16, 1024, 8, 2)]  # (block_n, block_k, num_warps, num_stages)
 
 
-def layer_shapes(config: dict) -> dict[str, tuple[int, int]]:
-    """(in, out) of each projection of a Llama-family layer, and of the LM head."""
+def layer_shapes(config: dict) -> dict[str, tuple[int, int, str]]:
+    """(in, out, fused step before it) of each projection of a Llama-family layer, and of the LM head."""
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
     q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
-    return {"qkv_proj": (hidden, q + 2 * kv), "o_proj": (q, hidden), "gate_up_proj": (hidden, 2 * inter),
-            "down_proj": (inter, hidden), "lm_head": (hidden, config["vocab_size"])}
+    return {"qkv_proj": (hidden, q + 2 * kv, "add_rms_norm"), "o_proj": (q, hidden, "none"),
+            "gate_up_proj": (hidden, 2 * inter, "add_rms_norm"), "down_proj": (inter, hidden, "silu_and_mul"),
+            "lm_head": (hidden, config["vocab_size"], "add_rms_norm")}
 
 
-# How each variant computes x @ W.T from the weight it is given: F.linear on [out, in]; a matmul on the
-# transposed copy [in, out]; at one row, a matrix-vector product W @ x on [out, in] (cuBLAS gemv).
-VARIANTS = {
-    "out_in": lambda x, weight: F.linear(x, weight),
-    "in_out": lambda x, weight: torch.matmul(x, weight),
-    "out_in_mv": lambda x, weight: torch.mv(weight, x[0]),
-}
+def prologue_inputs(prologue: str, rows: int, num_in: int) -> dict:
+    """The projection's input and what its fused step reads besides."""
+    width = 2 * num_in if prologue == "silu_and_mul" else num_in
+    inputs = {"x": torch.randn(rows, width, dtype=torch.bfloat16, device="cuda"), "prologue": prologue}
+    if prologue == "add_rms_norm":
+        inputs.update(residual=torch.randn(rows, num_in, dtype=torch.bfloat16, device="cuda"), eps=1e-6,
+                      norm_weight=torch.rand(num_in, dtype=torch.bfloat16, device="cuda") + 0.5)
+    return inputs
 
 
-def time_variant(weights: list[torch.Tensor], x: torch.Tensor, variant: str) -> float:
-    """Median ms per call, rotating over `weights`."""
+def unfused(inputs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's path at larger batches: the step's own Triton kernel, then cuBLAS."""
+    from lmserve.kernels.activation import silu_and_mul
+    from lmserve.kernels.rms_norm import rms_norm
+
+    prologue, x = inputs["prologue"], inputs["x"]
+    if prologue == "add_rms_norm":
+        return lambda weight: F.linear(rms_norm(x, inputs["norm_weight"], inputs["eps"], inputs["residual"])[0], weight)
+    if prologue == "silu_and_mul":
+        return lambda weight: F.linear(silu_and_mul(x), weight)
+    return lambda weight: F.linear(x, weight)
+
+
+def time_rotating(weights: list[torch.Tensor], compute: Callable[[torch.Tensor], object]) -> float:
+    """Median ms per call of `compute(weight)`, rotating over `weights`."""
     cycle = itertools.cycle(weights)
-    compute = VARIANTS[variant]
-    return device_time_ms(lambda: compute(x, next(cycle)), calls_per_graph=len(weights))
+    return device_time_ms(lambda: compute(next(cycle)), calls_per_graph=len(weights))
+
+
+def measure_layer(num_in: int, num_out: int, prologue: str, rows: int, weights: list[torch.Tensor]) -> dict[str, float]:
+    """Microseconds per call of each variant on one layer shape at `rows` rows."""
+    from lmserve.kernels.gemv import GemvTile, gemv, reference_gemv
+
+    inputs = prologue_inputs(prologue, rows, num_in)
+    linear_input = inputs["x"][:, :num_in].contiguous()
+    variants: dict[str, Callable[[torch.Tensor], object]] = {
+        "unfused": unfused(inputs),
+        "linear": lambda weight: F.linear(linear_input, weight),
+        "linear_in_out": lambda weight: torch.matmul(linear_input, weight.t()),
+    }
+    expected = reference_gemv(weight=weights[0], **inputs)
+    expected = expected[0] if isinstance(expected, tuple) else expected
+    for block_n, block_k, num_warps, num_stages in TILES:
+        tile = GemvTile(block_n, block_k, num_warps, num_stages)
+        actual = gemv(weight=weights[0], tile=tile, **inputs)
+        actual = actual[0] if isinstance(actual, tuple) else actual
+        torch.testing.assert_close(actual, expected, rtol=3e-2, atol=3e-2 * expected.abs().max().item())
+        variants[f"gemv({block_n},{block_k},{num_warps},{num_stages})"] = (
+            lambda weight, tile=tile: gemv(weight=weight, tile=tile, **inputs))
+    transposed = [w.t().contiguous().t() for w in weights]
+    return {name: 1000 * time_rotating(transposed if name == "linear_in_out" else weights, compute)
+            for name, compute in variants.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="A")
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     config = load_config(args.config)
     bandwidth = measure_copy_bandwidth()
     results = []
-    for name, (num_in, num_out) in layer_shapes(config).items():
-        weights = [torch.randn(num_out, num_in, dtype=torch.bfloat16, device="cuda") for _ in range(_COPIES)]
-        transposed = [w.t().contiguous() for w in weights]
+    for name, (num_in, num_out, prologue) in layer_shapes(config).items():
+        weights = [torch.randn(num_out, num_in, dtype=torch.bfloat16, device="cuda") * num_in**-0.5
+                   for _ in range(_COPIES)]
         weight_bytes = num_in * num_out * 2
         for rows in args.rows:
-            x = torch.randn(rows, num_in, dtype=torch.bfloat16, device="cuda")
-            torch.testing.assert_close(torch.matmul(x, transposed[0]), F.linear(x, weights[0]), rtol=2e-2, atol=2e-1)
-            variants = [("out_in", weights), ("in_out", transposed)]
-            if rows == 1:
-                torch.testing.assert_close(torch.mv(weights[0], x[0]), F.linear(x, weights[0])[0], rtol=2e-2, atol=2e-1)
-                variants.append(("out_in_mv", weights))
-            for variant, stored in variants:
-                ms = time_variant(stored, x, variant)
-                results.append({"layer": name, "in": num_in, "out": num_out, "rows": rows, "variant": variant,
-                                "us": ms * 1000, "of_copy_bandwidth": weight_bytes / (ms / 1000) / bandwidth})
-        del weights, transposed
+            for variant, us in measure_layer(num_in, num_out, prologue, rows, weights).items():
+                results.append({"layer": name, "in": num_in, "out": num_out, "prologue": prologue, "rows": rows,
+                                "variant": variant, "us": us,
+                                "of_copy_bandwidth": weight_bytes / (us / 1e6) / bandwidth})
+        del weights
     out = Path(args.out or f"benchmarks/results/linear-small-batch-{args.config}.json")
     out.write_text(json.dumps({**environment(), "config": args.config, "bandwidth_bytes_per_s": bandwidth,
-                               "results": results}, indent=2) + "\n")
-    print(f"{'layer':<13} {'in':>6} {'out':>7} {'rows':>5} {'variant':>9} {'us':>8} {'of bw':>7}")
+                               "tiles": TILES, "results": results}, indent=2) + "\n")
+    print(f"{'layer':<13} {'in':>6} {'out':>7} {'rows':>5} {'variant':>20} {'us':>8} {'of bw':>7}")
     for r in results:
-        print(f"{r['layer']:<13} {r['in']:>6} {r['out']:>7} {r['rows']:>5} {r['variant']:>9} {r['us']:>8.2f} "
+        print(f"{r['layer']:<13} {r['in']:>6} {r['out']:>7} {r['rows']:>5} {r['variant']:>20} {r['us']:>8.2f} "
               f"{r['of_copy_bandwidth']:>7.1%}")
 
 

@@ -246,14 +246,22 @@ def test_greedy_outputs_with_graphs_equal_eager(tiny_models, replays, variant, d
 @pytest.mark.gpu
 @needs_cuda
 def test_greedy_outputs_over_a_float8_cache_with_graphs_equal_eager(tiny_models, replays):
-    # Decode batches of 80 down to 1 request, 2 kv heads each: above 66 requests an H100's or H200's 132
-    # SMs are full and the kernel takes 128-key tiles, below it 32-key tiles and splits.
-    prompts, max_tokens = staggered_batch(80)
+    # The kernel takes 128-key tiles over a float8 cache once a decode step's (request, kv head) pairs fill
+    # the SMs, else 32-key tiles and splits. A graph padded across that switch runs the other tile than an
+    # eager step of the true size, and the float8 rounding of the cache turns that into other tokens; so
+    # the ladder has a size just below the switch, and decode batches run from above it down to 1.
+    num_kv_heads = 2  # the tiny qwen3's
+    switch = -(-torch.cuda.get_device_properties(0).multi_processor_count // num_kv_heads)
+    num_prompts = switch + 14
+    prompts, max_tokens = staggered_batch(num_prompts)
     options = {"dtype": "bfloat16", "kv_cache_dtype": "fp8"}
     expected, _ = generate(tiny_models.get("qwen3"), prompts, max_tokens, enforce_eager=True, **options)
-    ours, _ = generate(tiny_models.get("qwen3"), prompts, max_tokens, **options)
+    ladder = sorted({1, 2, 4, 8, 16, 32, switch - 1, num_prompts})
+    ours, _ = generate(tiny_models.get("qwen3"), prompts, max_tokens, cuda_graph_batch_sizes=ladder, **options)
     assert ours == expected
-    assert any(replay.decode_only for replay in replays)
+    decodes = {(replay.num_requests, replay.shape[0]) for replay in replays if replay.decode_only}
+    # Padded replays on both sides of the switch: 128-key tiles above it, 32-key tiles below.
+    assert (switch, num_prompts) in decodes and (switch - 2, switch - 1) in decodes
 
 
 @pytest.mark.gpu
