@@ -1,6 +1,6 @@
 """Small-batch projection speed: each linear layer of a workload's model with the step before it.
 
-    python -m benchmarks.linear_small_batch --config A --rows 1 8 16
+    python -m benchmarks.linear_small_batch --config A --rows 1 2 4
 
 At decode batch sizes every projection reads its whole weight to compute a few rows, so it should run near
 copy bandwidth. Each layer comes with the step the model runs before it: the residual add and RMSNorm
@@ -8,7 +8,7 @@ before q/k/v, gate/up and the LM head, SwiGLU's activation before down. For each
 - `unfused`: that step's own kernel, then `F.linear` (cuBLAS) on the [out, in] weight, as the model runs
   them at larger batches;
 - `linear`: `F.linear` alone, and `linear_in_out`: a matmul on the weight stored [in, out];
-- `gemv(n, k, w, s)`: lmserve's small-batch kernel with the step fused in, at each tile.
+- `gemv(n, k, w)`: lmserve's small-batch kernel with the step fused in, at each tile.
 Figures are median device times of calls replayed from a CUDA graph, with weight bytes over time against
 the measured copy bandwidth. Fresh random weights per shape, several copies rotated so that no call reads
 a weight from L2.
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from benchmarks.workloads import device_time_ms, environment, load_config, measure_copy_bandwidth
 
 _COPIES = 8  # weights rotated per timed call: their sum is far larger than the L2
-TILES = [(16, 256, 4, 4), (16, 128, 4, 4), (16, 512, 4, 3), (16, 256, 4, 6), (32, 256, 4, 4), (32, 128, 4, 6),
-         (64, 128, 4, 4), (16, 1024, 8, 2)]  # (block_n, block_k, num_warps, num_stages)
+# (block_n, block_k at one row, num_warps)
+TILES = [(16, 512, 4), (16, 256, 4), (8, 512, 4), (32, 256, 4), (32, 512, 4), (16, 1024, 4), (64, 256, 8)]
 
 
 def layer_shapes(config: dict) -> dict[str, tuple[int, int, str]]:
@@ -84,12 +84,12 @@ def measure_layer(num_in: int, num_out: int, prologue: str, rows: int, weights: 
     }
     expected = reference_gemv(weight=weights[0], **inputs)
     expected = expected[0] if isinstance(expected, tuple) else expected
-    for block_n, block_k, num_warps, num_stages in TILES:
-        tile = GemvTile(block_n, block_k, num_warps, num_stages)
+    for block_n, block_k, num_warps in TILES:
+        tile = GemvTile(block_n, block_k, num_warps)
         actual = gemv(weight=weights[0], tile=tile, **inputs)
         actual = actual[0] if isinstance(actual, tuple) else actual
         torch.testing.assert_close(actual, expected, rtol=3e-2, atol=3e-2 * expected.abs().max().item())
-        variants[f"gemv({block_n},{block_k},{num_warps},{num_stages})"] = (
+        variants[f"gemv({block_n},{block_k},{num_warps})"] = (
             lambda weight, tile=tile: gemv(weight=weight, tile=tile, **inputs))
     transposed = [w.t().contiguous().t() for w in weights]
     return {name: 1000 * time_rotating(transposed if name == "linear_in_out" else weights, compute)
@@ -99,7 +99,7 @@ def measure_layer(num_in: int, num_out: int, prologue: str, rows: int, weights: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="A")
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 

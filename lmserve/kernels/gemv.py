@@ -13,8 +13,10 @@ streams `BLOCK_N` weight rows over the whole input width, and builds its input t
 - `"silu_and_mul"`: silu(gate) * up of a fused gate/up projection, rounded as the unfused kernel rounds it.
 - `"none"`: x as it is.
 
-The weight is [out, in] with contiguous rows, as checkpoints hold it. Products run on the tensor cores,
-with the rows padded to 16, and accumulate in float32.
+The weight is [out, in] with contiguous rows, as checkpoints hold it. Products run on the CUDA cores and
+accumulate elementwise in float32, summed once at the end: on the tensor cores, with the rows padded to
+16, the prologue's layout follows the operand's and every thread computes it again (32 times the
+exponentials at one row, in the compiled code), and the kernel ran 3-10 times slower than cuBLAS.
 """
 
 from __future__ import annotations
@@ -26,17 +28,17 @@ import triton
 import triton.language as tl
 
 PROLOGUES = ("none", "rms_norm", "add_rms_norm", "silu_and_mul")
-MAX_ROWS = 16  # one tensor-core tile of rows
+MAX_ROWS = 4  # every row adds a weight tile's worth of products and accumulators
 
 
 @dataclass(frozen=True)
 class GemvTile:
-    """Weight rows per program, input columns per iteration, and the launch's warps and pipeline stages."""
+    """Weight rows per program, input columns per iteration at one row (halved for each doubling of the
+    rows, so the accumulator stays the same size in registers), and the launch's warps."""
 
     block_n: int = 16
-    block_k: int = 256
+    block_k: int = 512
     num_warps: int = 4
-    num_stages: int = 4
 
 
 @triton.jit
@@ -70,7 +72,8 @@ def _gemv_kernel(
     row_valid = rows < num_rows
     out_valid = outs < num_out
     dtype = out_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # Products accumulate elementwise and are summed over the columns once, after the loop.
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     sum_squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for start in range(0, num_in, BLOCK_K):
         columns = start + tl.arange(0, BLOCK_K)
@@ -89,23 +92,25 @@ def _gemv_kernel(
             # Rounded to the input dtype, as the unfused add is.
             x = (x.to(tl.float32) + residual.to(tl.float32)).to(dtype)
             tl.store(new_residual_ptr + residual_offsets, x, mask=mask & (block == 0))
+        x32 = x.to(tl.float32)
         if NORM:
-            x32 = x.to(tl.float32)
             sum_squares += tl.sum(x32 * x32, axis=1)
             norm_weight = tl.load(norm_weight_ptr + columns, mask=column_valid, other=0.0).to(tl.float32)
-            x = (x32 * norm_weight[None, :]).to(dtype)
+            x32 = (x32 * norm_weight[None, :]).to(dtype).to(tl.float32)
         weight = tl.load(
             weight_ptr + outs[:, None].to(tl.int64) * stride_weight + columns[None, :],
             mask=out_valid[:, None] & column_valid[None, :],
             other=0.0,
-        )
-        acc += tl.dot(x, tl.trans(weight))
+        ).to(tl.float32)
+        # A few rows: products on the CUDA cores, each row's input laid out once beside the weight tile.
+        acc += x32[:, None, :] * weight[None, :, :]
+    out = tl.sum(acc, axis=2)
     if NORM:
-        acc *= tl.rsqrt(sum_squares / num_in + eps)[:, None]
+        out *= tl.rsqrt(sum_squares / num_in + eps)[:, None]
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + outs, mask=out_valid, other=0.0).to(tl.float32)[None, :]
+        out += tl.load(bias_ptr + outs, mask=out_valid, other=0.0).to(tl.float32)[None, :]
     out_offsets = rows[:, None].to(tl.int64) * stride_out + outs[None, :]
-    tl.store(out_ptr + out_offsets, acc.to(dtype), mask=row_valid[:, None] & out_valid[None, :])
+    tl.store(out_ptr + out_offsets, out.to(dtype), mask=row_valid[:, None] & out_valid[None, :])
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -149,6 +154,7 @@ def gemv(
     out = torch.empty(num_rows, num_out, dtype=x.dtype, device=x.device)
     new_residual = torch.empty_like(x) if add_residual else out
     if num_rows:
+        block_m = triton.next_power_of_2(num_rows)
         _gemv_kernel[(triton.cdiv(num_out, tile.block_n),)](
             x,
             residual if add_residual else x,
@@ -169,11 +175,10 @@ def gemv(
             ADD_RESIDUAL=add_residual,
             SILU_AND_MUL=prologue == "silu_and_mul",
             HAS_BIAS=bias is not None,
-            BLOCK_M=MAX_ROWS,
+            BLOCK_M=block_m,
             BLOCK_N=tile.block_n,
-            BLOCK_K=tile.block_k,
+            BLOCK_K=max(16, tile.block_k // block_m),
             num_warps=tile.num_warps,
-            num_stages=tile.num_stages,
         )
     return (out, new_residual) if add_residual else out
 

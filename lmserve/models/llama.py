@@ -6,7 +6,6 @@ except that q/k/v and gate/up are fused into `qkv_proj` and `gate_up_proj`.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +17,8 @@ from torch import nn
 from lmserve.attention import Attention, AttentionMetadata
 from lmserve.errors import UnsupportedArchitectureError
 from lmserve.models.layers import MergedLinear, RMSNorm, RotaryEmbedding
+from lmserve.models.layers.projection import gated_projection, normed_projection, projection
 from lmserve.models.weights import StackedMapping, load_stacked_weights
-
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 STACKED_PARAMS: StackedMapping = (
     ("qkv_proj", "q_proj", 0),
@@ -61,7 +59,9 @@ def sliding_window_of(hf_config: Any, layer_index: int) -> int | None:
 
 
 class LlamaAttention(nn.Module):
-    """Fused q/k/v projection, rotary, paged attention, output projection."""
+    """Rotary and paged attention over the fused q/k/v projection's output, then the output projection.
+
+    The decoder layer runs `qkv_proj` itself, with the norm before it (`normed_projection`)."""
 
     def __init__(
         self, hf_config: Any, layer_index: int, rotary_emb: RotaryEmbedding, options: AttentionOptions
@@ -83,14 +83,16 @@ class LlamaAttention(nn.Module):
             num_heads, num_kv_heads, self.head_dim, self.head_dim**-0.5, sliding_window_of(hf_config, layer_index)
         )
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        query, key, value = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        query, key, value = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         query, key = self.rotary_emb(positions, query, key, self.head_norms)
-        return self.o_proj(self.attn(query, key, value, metadata))
+        return projection(self.o_proj, self.attn(query, key, value, metadata))
 
 
 class LlamaMLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)), with gate and up fused into one projection."""
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)), with gate and up fused into one projection.
+
+    The decoder layer runs `gate_up_proj` itself, with the norm before it (`normed_projection`)."""
 
     def __init__(self, hf_config: Any) -> None:
         super().__init__()
@@ -101,14 +103,8 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size, intermediate_size], bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)
-        if gate_up.is_cuda and _HAS_TRITON:
-            from lmserve.kernels.activation import silu_and_mul  # needs triton: import on demand
-
-            return self.down_proj(silu_and_mul(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return gated_projection(self.down_proj, gate_up)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -131,14 +127,10 @@ class LlamaDecoderLayer(nn.Module):
         metadata: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (block output, residual); their sum is the block's output in Hugging Face terms."""
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, metadata)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        qkv, residual = normed_projection(self.input_layernorm, self.self_attn.qkv_proj, hidden, residual)
+        hidden = self.self_attn(positions, qkv, metadata)
+        gate_up, residual = normed_projection(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden, residual)
+        return self.mlp(gate_up), residual
 
 
 class LlamaModel(nn.Module):

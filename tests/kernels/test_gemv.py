@@ -11,7 +11,7 @@ from tests.kernels.paged_batch import DEVICE
 # Relative to the output's size: the kernel and torch sum the products in other orders and round
 # the normalised input at other points.
 TOLERANCES = {torch.float16: 4e-3, torch.bfloat16: 2e-2}
-SMALL_TILE = GemvTile(block_n=16, block_k=64, num_stages=2)  # several column blocks and iterations
+SMALL_TILE = GemvTile(block_n=16, block_k=64)  # several column blocks and iterations
 
 
 def random_tensor(*shape: int, dtype: torch.dtype, seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -41,7 +41,7 @@ def inputs(prologue: str, rows: int, num_in: int, num_out: int, dtype: torch.dty
     return arguments
 
 
-SHAPES = [(1, 200, 40, False), (3, 64, 70, True), (16, 130, 17, False)]  # rows, in, out, bias
+SHAPES = [(1, 200, 40, False), (3, 64, 70, True), (4, 130, 17, False), (2, 40, 33, False)]  # rows, in, out, bias
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCES))

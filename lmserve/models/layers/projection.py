@@ -1,0 +1,75 @@
+"""Projections with the step before them: the residual add and RMSNorm, or SwiGLU's activation.
+
+A decoder layer runs each pair through these functions, which pick the kernels. At one row (decode at
+batch 1), a projection with a small weight runs in lmserve's `gemv` kernel with its step fused in: there it
+is bound by launches, not by reading the weight, and cuBLAS runs some such shapes slowly (Qwen3-0.6B's
+o_proj took 13 us against gemv's 4.4 us on an H200). Larger weights stream faster through cuBLAS, and more
+rows through its matrix kernels: the step then runs as its own kernel before `F.linear`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmserve.models.layers.normalization import RMSNorm
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+# On an H200 (benchmarks/results/linear-small-batch-*-h200-gemv-cuda-cores.json), gemv at one row beat the
+# unfused kernels on Qwen3-0.6B's weights (4-13 MB) and lost on Llama-3.1-8B's (34-235 MB).
+_GEMV_MAX_WEIGHT_BYTES = 16 * 2**20
+
+
+def _fuses(x: torch.Tensor, linear: nn.Linear) -> bool:
+    weight = linear.weight
+    if not (x.is_cuda and _HAS_TRITON and x.dim() == 2 and x.shape[0] == 1):
+        return False
+    if weight.numel() * weight.element_size() > _GEMV_MAX_WEIGHT_BYTES:
+        return False
+    from lmserve.kernels.gemv import supports  # needs triton: import on demand
+
+    return supports(x, weight)
+
+
+def normed_projection(
+    norm: RMSNorm, linear: nn.Linear, hidden: torch.Tensor, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """linear(norm(hidden + residual)), and hidden + residual, the next residual (hidden itself when
+    `residual` is None: the first layer)."""
+    if not _fuses(hidden, linear):
+        if residual is None:
+            return linear(norm(hidden)), hidden
+        normed, residual = norm(hidden, residual)
+        return linear(normed), residual
+    from lmserve.kernels.gemv import gemv
+
+    options = {"bias": linear.bias, "norm_weight": norm.weight, "eps": norm.eps}
+    if residual is None:
+        return gemv(hidden, linear.weight, prologue="rms_norm", **options), hidden
+    return gemv(hidden, linear.weight, prologue="add_rms_norm", residual=residual, **options)
+
+
+def projection(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(x)."""
+    if not _fuses(x, linear):
+        return linear(x)
+    from lmserve.kernels.gemv import gemv
+
+    return gemv(x, linear.weight, linear.bias)
+
+
+def gated_projection(linear: nn.Linear, gate_up: torch.Tensor) -> torch.Tensor:
+    """linear(silu(gate) * up) over a fused gate/up projection's output [rows, 2 * in]."""
+    if gate_up.is_cuda and _HAS_TRITON:
+        if _fuses(gate_up, linear):
+            from lmserve.kernels.gemv import gemv
+
+            return gemv(gate_up, linear.weight, linear.bias, prologue="silu_and_mul")
+        from lmserve.kernels.activation import silu_and_mul
+
+        return linear(silu_and_mul(gate_up))
+    gate, up = gate_up.chunk(2, dim=-1)
+    return linear(F.silu(gate) * up)

@@ -1,0 +1,74 @@
+"""The layer-side projection functions give the same results through gemv as through the unfused kernels.
+
+On a GPU they take gemv at one row of a small weight; here `_fuses` is forced so that the interpreter runs
+the fused kernel on the CPU beside the torch path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lmserve.models.layers import RMSNorm
+from lmserve.models.layers import projection as projection_module
+from lmserve.models.layers.projection import gated_projection, normed_projection, projection
+
+DTYPE = torch.bfloat16
+
+
+def run_both(monkeypatch: pytest.MonkeyPatch, compute):
+    """compute() unfused, then with every projection fused."""
+    unfused = compute()
+    monkeypatch.setattr(projection_module, "_fuses", lambda x, linear: x.shape[0] == 1)
+    return unfused, compute()
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert (actual.float() - expected.float()).abs().max() <= 2e-2 * expected.float().abs().max()
+
+
+def layers(num_in: int, num_out: int, bias: bool) -> tuple[RMSNorm, nn.Linear]:
+    torch.manual_seed(0)
+    norm = RMSNorm(num_in, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    return norm.to(DTYPE), nn.Linear(num_in, num_out, bias=bias).to(DTYPE)
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_normed_projection(monkeypatch: pytest.MonkeyPatch, with_residual: bool) -> None:
+    norm, linear = layers(96, 40, bias=True)
+    hidden = torch.randn(1, 96).to(DTYPE)
+    residual = torch.randn(1, 96).to(DTYPE) if with_residual else None
+
+    (expected, expected_residual), (actual, actual_residual) = run_both(
+        monkeypatch, lambda: normed_projection(norm, linear, hidden, residual)
+    )
+
+    assert_close(actual, expected)
+    assert_close(actual_residual, expected_residual)
+
+
+def test_projection_and_gated_projection(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, linear = layers(64, 24, bias=False)
+    x, gate_up = torch.randn(1, 64).to(DTYPE), torch.randn(1, 128).to(DTYPE)
+
+    unfused, fused = run_both(monkeypatch, lambda: (projection(linear, x), gated_projection(linear, gate_up)))
+
+    for actual, expected in zip(fused, unfused, strict=True):
+        assert_close(actual, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_only_one_row_of_a_small_16_bit_weight_fuses() -> None:
+    small = nn.Linear(1024, 2048, bias=False).to("cuda", DTYPE)
+    large = nn.Linear(4096, 4096, bias=False).to("cuda", DTYPE)
+    one_row = torch.randn(1, 1024, device="cuda", dtype=DTYPE)
+    assert projection_module._fuses(one_row, small)
+    assert not projection_module._fuses(one_row.repeat(2, 1), small)
+    assert not projection_module._fuses(torch.randn(1, 4096, device="cuda", dtype=DTYPE), large)
+    assert not projection_module._fuses(one_row.float(), small.float())
+    assert not projection_module._fuses(one_row.cpu(), small.cpu())
