@@ -1,7 +1,7 @@
 """The layer-side projection functions give the same results through gemv as through the unfused kernels.
 
-On a GPU they take gemv at one row of a small weight; here `_fuses` is forced so that the interpreter runs
-the fused kernel on the CPU beside the torch path.
+On a GPU they take gemv at one row of a small weight; here `_fuses` is forced so that gemv runs (on the CPU,
+in Triton's interpreter) where the unfused path would.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch import nn
 from lmserve.models.layers import RMSNorm
 from lmserve.models.layers import projection as projection_module
 from lmserve.models.layers.projection import gated_projection, normed_projection, projection
+from tests.kernels.paged_batch import DEVICE
 
 DTYPE = torch.bfloat16
 
@@ -34,14 +35,14 @@ def layers(num_in: int, num_out: int, bias: bool) -> tuple[RMSNorm, nn.Linear]:
     norm = RMSNorm(num_in, eps=1e-5)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
-    return norm.to(DTYPE), nn.Linear(num_in, num_out, bias=bias).to(DTYPE)
+    return norm.to(DEVICE, DTYPE), nn.Linear(num_in, num_out, bias=bias).to(DEVICE, DTYPE)
 
 
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_normed_projection(monkeypatch: pytest.MonkeyPatch, with_residual: bool) -> None:
     norm, linear = layers(96, 40, bias=True)
-    hidden = torch.randn(1, 96).to(DTYPE)
-    residual = torch.randn(1, 96).to(DTYPE) if with_residual else None
+    hidden = torch.randn(1, 96).to(DEVICE, DTYPE)
+    residual = torch.randn(1, 96).to(DEVICE, DTYPE) if with_residual else None
 
     (expected, expected_residual), (actual, actual_residual) = run_both(
         monkeypatch, lambda: normed_projection(norm, linear, hidden, residual)
@@ -53,7 +54,7 @@ def test_normed_projection(monkeypatch: pytest.MonkeyPatch, with_residual: bool)
 
 def test_projection_and_gated_projection(monkeypatch: pytest.MonkeyPatch) -> None:
     _, linear = layers(64, 24, bias=False)
-    x, gate_up = torch.randn(1, 64).to(DTYPE), torch.randn(1, 128).to(DTYPE)
+    x, gate_up = torch.randn(1, 64).to(DEVICE, DTYPE), torch.randn(1, 128).to(DEVICE, DTYPE)
 
     unfused, fused = run_both(monkeypatch, lambda: (projection(linear, x), gated_projection(linear, gate_up)))
 
