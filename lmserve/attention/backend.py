@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from lmserve.attention.cache_layout import key_plane, store_slots, value_plane
+from lmserve.attention.cache_dtype import store_rows
 
 
 @dataclass
@@ -16,8 +16,7 @@ class AttentionMetadata:
 
     The step's tokens are flattened: request i owns tokens `query_start_loc[i]:query_start_loc[i+1]`,
     which are the last tokens of its `seq_lens[i]`-long context. The KV cache of each layer is one tensor
-    of shape [2, num_blocks, block_size, num_kv_heads, head_dim], of the model's dtype or float8, with each
-    block's values transposed (`lmserve.attention.cache_layout`);
+    of shape [2, num_blocks, block_size, num_kv_heads, head_dim], of the model's dtype or float8;
     `block_tables[i]` lists request i's blocks in order (padded with 0), and `slot_mapping[t]` is the flat
     cache slot that token t writes.
     """
@@ -54,5 +53,6 @@ def write_kv_cache(
     key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Store each token's key and value at its slot of the paged cache, in the cache's dtype."""
-    store_slots(key_plane(kv_cache), slot_mapping, key)
-    store_slots(value_plane(kv_cache), slot_mapping, value)
+    num_kv_heads, head_dim = key.shape[1], key.shape[2]
+    store_rows(kv_cache[0].view(-1, num_kv_heads, head_dim), slot_mapping, key)
+    store_rows(kv_cache[1].view(-1, num_kv_heads, head_dim), slot_mapping, value)

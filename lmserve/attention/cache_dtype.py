@@ -23,3 +23,11 @@ def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.float8_e4m3fn:
         x = x.float().clamp(-FP8_MAX, FP8_MAX)
     return x.to(dtype)
+
+
+def store_rows(cache_rows: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor) -> None:
+    """cache_rows[slots] = rows, in the cache's dtype (index_copy_ has no float8 kernel: copy the bytes)."""
+    rows = to_cache_dtype(rows, cache_rows.dtype)
+    if cache_rows.dtype == torch.float8_e4m3fn:
+        cache_rows, rows = cache_rows.view(torch.uint8), rows.view(torch.uint8)
+    cache_rows.index_copy_(0, slots, rows)

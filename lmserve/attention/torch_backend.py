@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from lmserve.attention.backend import AttentionMetadata, write_kv_cache
-from lmserve.attention.cache_layout import key_plane, value_plane
 
 
 class TorchAttentionBackend:
@@ -34,8 +33,8 @@ class TorchAttentionBackend:
         # Each request's context, in order: [requests, num_kv_heads, context, head_dim].
         num_blocks = -(-metadata.max_seq_len // block_size)
         block_tables = metadata.block_tables[:, :num_blocks]
-        keys = key_plane(kv_cache)[block_tables].flatten(1, 2).transpose(1, 2).to(query.dtype)
-        values = value_plane(kv_cache)[block_tables].flatten(1, 2).transpose(1, 2).to(query.dtype)
+        keys = kv_cache[0][block_tables].flatten(1, 2).transpose(1, 2).to(query.dtype)
+        values = kv_cache[1][block_tables].flatten(1, 2).transpose(1, 2).to(query.dtype)
 
         # Token t of the flat batch is query row `offset[t]` of request `owner[t]`.
         query_lens = metadata.query_start_loc[1:] - metadata.query_start_loc[:-1]

@@ -10,8 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.attention.cache_dtype import FP8_MAX
-from lmserve.attention.cache_layout import key_plane, store_slots, value_plane
+from lmserve.attention.cache_dtype import FP8_MAX, store_rows
 
 _FLOAT8_MAX = tl.constexpr(FP8_MAX)
 
@@ -39,10 +38,6 @@ def _write_kv_cache_kernel(
     stride_cache_block,
     stride_cache_slot,
     stride_cache_head,
-    stride_value_cache_block,  # the values' plane (`cache_layout.value_plane`): each block transposed
-    stride_value_cache_slot,
-    stride_value_cache_head,
-    stride_value_cache_dim,
     BLOCK_SIZE: tl.constexpr,  # cache slots per block: fixed per engine, so the division compiles to a shift
     HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -68,9 +63,7 @@ def _write_kv_cache_kernel(
     value = tl.load(
         value_ptr + token * stride_value_token + heads[:, None] * stride_value_head + dims[None, :], mask=mask
     )
-    value_offsets = block * stride_value_cache_block + offset * stride_value_cache_slot
-    value_offsets += heads[:, None] * stride_value_cache_head + dims[None, :] * stride_value_cache_dim
-    tl.store(cache_ptr + stride_cache_kv + value_offsets, _to_cache_dtype(value, cache_dtype), mask=mask)
+    tl.store(cache_ptr + stride_cache_kv + cache_offsets, _to_cache_dtype(value, cache_dtype), mask=mask)
 
 
 def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -78,8 +71,8 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tenso
 
     `key`/`value` are [num_tokens, num_kv_heads, head_dim] (any token and head strides, e.g. views of a
     fused QKV projection); `kv_cache` is [2, num_blocks, block_size, num_kv_heads, head_dim], of their
-    dtype or float8 e4m3, laid out as `lmserve.attention.cache_layout` says. Tokens whose slot is -1 are
-    skipped. Equal to `lmserve.attention.backend.write_kv_cache` otherwise.
+    dtype or float8 e4m3. Tokens whose slot is -1 are skipped. Equal to
+    `lmserve.attention.backend.write_kv_cache` otherwise.
     """
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
@@ -103,7 +96,6 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tenso
         kv_cache.stride(1),
         kv_cache.stride(2),
         kv_cache.stride(3),
-        *value_plane(kv_cache).stride(),
         BLOCK_SIZE=kv_cache.shape[2],
         HEADS_PAD=triton.next_power_of_2(num_kv_heads),
         HEAD_DIM=head_dim,
@@ -115,8 +107,9 @@ def reference_write_kv_cache(
 ) -> None:
     """The torch reference of `write_kv_cache`, padding slots (-1) included."""
     keep = slot_mapping >= 0
-    store_slots(key_plane(kv_cache), slot_mapping[keep], key[keep])
-    store_slots(value_plane(kv_cache), slot_mapping[keep], value[keep])
+    num_kv_heads, head_dim = key.shape[1], key.shape[2]
+    store_rows(kv_cache[0].view(-1, num_kv_heads, head_dim), slot_mapping[keep], key[keep])
+    store_rows(kv_cache[1].view(-1, num_kv_heads, head_dim), slot_mapping[keep], value[keep])
 
 
 def check_kv_cache_layout(kv_cache: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
@@ -125,7 +118,7 @@ def check_kv_cache_layout(kv_cache: torch.Tensor, num_kv_heads: int, head_dim: i
         raise ValueError(
             f"kv_cache must be [2, num_blocks, block_size, {num_kv_heads}, {head_dim}], got {tuple(kv_cache.shape)}"
         )
-    if not kv_cache.is_contiguous():
-        raise ValueError("kv_cache must be contiguous (each block's values are stored transposed within it)")
+    if kv_cache.stride(4) != 1:
+        raise ValueError("kv_cache must be contiguous in head_dim")
     if head_dim < 16 or head_dim & (head_dim - 1):
         raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")

@@ -22,7 +22,6 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.attention.cache_layout import key_plane, value_plane
 from lmserve.kernels.kv_cache import check_kv_cache_layout
 
 
@@ -74,16 +73,12 @@ def _paged_attention_kernel(
     stride_cache_block,
     stride_cache_slot,
     stride_cache_head,
-    stride_value_block,  # the values' plane (`cache_layout.value_plane`): each block transposed, slots
-    stride_value_head,  # contiguous (stride 1)
-    stride_value_dim,
     BLOCK_SIZE: tl.constexpr,  # cache slots per block: fixed per engine, so divisions compile to shifts
     GROUP: tl.constexpr,  # query heads per kv head
     GROUP_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr,  # query tokens per tile
     BLOCK_M: tl.constexpr,  # rows per tile: BLOCK_Q * GROUP_PAD, at least 16 for the tensor-core MMA
     BLOCK_N: tl.constexpr,  # keys per iteration
-    VALUE_RUN: tl.constexpr,  # min(BLOCK_SIZE, BLOCK_N): a key tile's values come in runs of this many slots
     HEAD_DIM: tl.constexpr,
     HAS_WINDOW: tl.constexpr,
     FP32_DOT: tl.constexpr,  # float32 inputs: exact products ("ieee") instead of TF32
@@ -140,7 +135,6 @@ def _paged_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     block_table = block_tables_ptr + request.to(tl.int64) * stride_block_tables
     cache_head = cache_ptr + kv_head.to(tl.int64) * stride_cache_head
-    value_head = cache_ptr + stride_cache_kv + kv_head.to(tl.int64) * stride_value_head
     for key_tile_start in range(key_start, key_end, BLOCK_N):
         key_pos = key_tile_start + tl.arange(0, BLOCK_N)
         key_valid = key_pos < key_end
@@ -166,13 +160,9 @@ def _paged_attention_kernel(
         row_sum = row_sum * correction + tl.sum(probs, axis=1)
         row_max = new_max
 
-        # Each block's values are [head_dim, block_size]: key tiles start at multiples of BLOCK_N, so the
-        # slots come in contiguous, aligned runs. The load is not masked, so that it is vectorised along the
-        # slots (keys past the context read block 0, which is in the cache), and it is zeroed after.
-        value_offsets = block * stride_value_block + (key_pos % BLOCK_SIZE)
-        value_offsets = tl.max_contiguous(tl.multiple_of(value_offsets, VALUE_RUN), VALUE_RUN)
-        values = tl.load(value_head + value_offsets[:, None] + dims[None, :] * stride_value_dim)
-        values = tl.where(key_valid[:, None], values.to(query.dtype), 0.0)
+        values = tl.load(
+            cache_head + stride_cache_kv + slot_offsets[:, None] + dims[None, :], mask=key_valid[:, None], other=0.0
+        ).to(query.dtype)
         acc *= correction[:, None]
         if FP32_DOT:
             acc += tl.dot(probs, values, input_precision="ieee")
@@ -311,7 +301,6 @@ def paged_attention(
         partial_out = torch.empty(num_tokens, num_heads, num_splits, head_dim, dtype=torch.float32, device=out.device)
         partial_lse = torch.empty(num_tokens, num_heads, num_splits, dtype=torch.float32, device=out.device)
 
-    value_strides = value_plane(kv_cache).stride()  # slots contiguous: the layout check makes it so
     _paged_attention_kernel[(num_tiles, num_kv_heads, num_splits)](
         query,
         kv_cache,
@@ -334,16 +323,12 @@ def paged_attention(
         kv_cache.stride(1),
         kv_cache.stride(2),
         kv_cache.stride(3),
-        value_strides[0],
-        value_strides[2],
-        value_strides[3],
         BLOCK_SIZE=kv_cache.shape[2],
         GROUP=group,
         GROUP_PAD=group_pad,
         BLOCK_Q=block_q,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        VALUE_RUN=min(kv_cache.shape[2], block_n),
         HEAD_DIM=head_dim,
         HAS_WINDOW=sliding_window is not None,
         FP32_DOT=is_fp32,
@@ -411,8 +396,8 @@ def reference_paged_attention(
         seq_len = int(seq_lens[request])
         positions = torch.arange(seq_len, device=query.device)
         blocks = block_tables[request, positions // block_size]
-        keys = key_plane(kv_cache)[blocks, positions % block_size].float()  # [seq_len, num_kv_heads, head_dim]
-        values = value_plane(kv_cache)[blocks, positions % block_size].float()
+        keys = kv_cache[0, blocks, positions % block_size].float()  # [seq_len, num_kv_heads, head_dim]
+        values = kv_cache[1, blocks, positions % block_size].float()
         keys = keys.repeat_interleave(num_heads // num_kv_heads, dim=1)
         values = values.repeat_interleave(num_heads // num_kv_heads, dim=1)
 

@@ -71,7 +71,6 @@ def compile_all_variants() -> None:
             "BLOCK_Q": block_q,
             "BLOCK_M": max(16, block_q * group_pad),
             "BLOCK_N": block_n,
-            "VALUE_RUN": min(16, block_n),
             "HEAD_DIM": 128,
             "HAS_WINDOW": has_window,
             "FP32_DOT": dtype == "fp32",

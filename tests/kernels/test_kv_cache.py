@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from lmserve.attention.backend import write_kv_cache as backend_write_kv_cache  # noqa: E402
-from lmserve.attention.cache_layout import key_plane, value_plane  # noqa: E402
 from lmserve.kernels.kv_cache import reference_write_kv_cache, write_kv_cache  # noqa: E402
 from tests.kernels.paged_batch import MIXED, make_batch  # noqa: E402
 
@@ -36,7 +35,7 @@ def test_float8_cache_stores_what_the_torch_path_stores() -> None:
     write_kv_cache(key, batch.value, batch.kv_cache, slots)
 
     assert torch.equal(batch.kv_cache.view(torch.uint8), expected.view(torch.uint8))
-    stored_keys = key_plane(batch.kv_cache).flatten(0, 1)[slots].float()
+    stored_keys = batch.kv_cache[0].flatten(0, 1)[slots].float()
     assert stored_keys.abs().max() == 448 and not stored_keys.isnan().any()
     torch.testing.assert_close(stored_keys, key.float().clamp(-448, 448), rtol=0.07, atol=0.02)
 
@@ -46,7 +45,7 @@ def test_a_nan_stays_nan_in_a_float8_cache() -> None:
     key, slots = batch.key.clone(), batch.metadata.slot_mapping
     key[3, 1, 5] = float("nan")
     write_kv_cache(key, batch.value, batch.kv_cache, slots)
-    stored_keys = key_plane(batch.kv_cache).flatten(0, 1)[slots].float()
+    stored_keys = batch.kv_cache[0].flatten(0, 1)[slots].float()
     assert stored_keys[3, 1, 5].isnan() and stored_keys.isnan().sum() == 1
 
 
@@ -61,10 +60,10 @@ def test_padding_slots_are_skipped() -> None:
 
     write_kv_cache(batch.key, batch.value, batch.kv_cache, slot_mapping)
 
-    for plane, rows in ((key_plane, batch.key), (value_plane, batch.value)):
-        slots, slots_before = plane(batch.kv_cache).flatten(0, 1), plane(before).flatten(0, 1)  # [num_slots, ...]
-        assert torch.equal(slots[padding_slots], slots_before[padding_slots])
-        assert torch.equal(slots[real_slots], rows[1::2])
+    slots = batch.kv_cache.flatten(1, 2)  # [2, num_slots, num_kv_heads, head_dim]
+    assert torch.equal(slots[:, padding_slots], before.flatten(1, 2)[:, padding_slots])
+    assert torch.equal(slots[0, real_slots], batch.key[1::2])
+    assert torch.equal(slots[1, real_slots], batch.value[1::2])
     expected = before.clone()
     reference_write_kv_cache(batch.key, batch.value, expected, slot_mapping)
     assert torch.equal(batch.kv_cache, expected)

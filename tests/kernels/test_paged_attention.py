@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmserve.attention.cache_layout import store_slots, value_plane  # noqa: E402
 from lmserve.kernels.kv_cache import reference_write_kv_cache  # noqa: E402
 from lmserve.kernels.paged_attention import paged_attention, reference_paged_attention  # noqa: E402
 from tests.kernels.paged_batch import DECODES, MIXED, PagedBatch, make_batch  # noqa: E402
@@ -132,32 +131,3 @@ def test_rejects_heads_that_do_not_group() -> None:
     batch = make_batch(MIXED, 3, 2, 16, 16)
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         attend(batch, sliding_window=None)
-
-
-def used_blocks(batch: PagedBatch) -> set[int]:
-    block_size, metadata = batch.kv_cache.shape[2], batch.metadata
-    tables, seq_lens = metadata.block_tables.tolist(), metadata.seq_lens.tolist()
-    return {block for row, n in zip(tables, seq_lens, strict=True) for block in row[: -(-n // block_size)]}
-
-
-@pytest.mark.parametrize("cache_dtype", [None, torch.float8_e4m3fn])
-def test_values_outside_the_context_are_never_read(cache_dtype: torch.dtype | None) -> None:
-    # The kernel loads whole tiles of value slots unmasked, past a context's end from block 0: every slot no
-    # request's context covers holds NaN, block 0 among them, and must not reach the output.
-    batches = (make_batch(MIXED, 4, 2, 32, 16, torch.bfloat16, seed, cache_dtype=cache_dtype) for seed in range(50))
-    batch = next(batch for batch in batches if 0 not in used_blocks(batch))
-    metadata, block_size = batch.metadata, batch.kv_cache.shape[2]
-    reference_write_kv_cache(batch.key, batch.value, batch.kv_cache, metadata.slot_mapping)
-    outside = torch.ones(batch.kv_cache.shape[1] * block_size, dtype=torch.bool, device=batch.kv_cache.device)
-    for blocks, seq_len in zip(metadata.block_tables.tolist(), metadata.seq_lens.tolist(), strict=True):
-        for position in range(seq_len):
-            outside[blocks[position // block_size] * block_size + position % block_size] = False
-    outside_slots = outside.nonzero()[:, 0]
-    nan_rows = torch.full((len(outside_slots), *batch.kv_cache.shape[3:]), float("nan"), device=outside.device)
-    store_slots(value_plane(batch.kv_cache), outside_slots, nan_rows)
-    assert value_plane(batch.kv_cache).isnan().any()
-
-    out, expected = attend(batch, sliding_window=None)
-
-    assert not out.isnan().any()
-    torch.testing.assert_close(out, expected, **HALF_TOLERANCE[torch.bfloat16])
