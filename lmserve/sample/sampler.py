@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import torch
 
 from lmserve.sample.logprobs import LogprobsTensors, compute_logprobs
 from lmserve.sample.metadata import SamplingMetadata
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 @dataclass
@@ -28,7 +31,7 @@ class Sampler:
         """Sample from [rows, vocab] logits of any float dtype; the input tensor is left unchanged."""
         if _takes_argmax_only(metadata):
             # Float32 holds every 16-bit value exactly, so upcasting first would give the same tokens.
-            return SamplerOutput(sampled_token_ids=logits.argmax(dim=-1), logprobs=None)
+            return SamplerOutput(sampled_token_ids=_greedy_tokens(logits), logprobs=None)
         logits = logits.float()
         # Logprobs describe the model's own distribution, before any processing: that is what users
         # compare with other implementations.
@@ -62,11 +65,21 @@ def _adjust_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Te
 def _sample(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
     """Argmax for greedy rows, a random draw for the others."""
     if metadata.all_greedy:
-        return logits.argmax(dim=-1)
+        return _greedy_tokens(logits)
     random_tokens = _sample_random(logits, metadata)
     if metadata.all_random:
         return random_tokens
-    return torch.where(metadata.greedy, logits.argmax(dim=-1), random_tokens)
+    return torch.where(metadata.greedy, _greedy_tokens(logits), random_tokens)
+
+
+def _greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax. On CUDA, lmserve's two-stage kernel: torch reduces a row in few programs, which
+    took 36 us at one row of a 128k vocabulary on an H200."""
+    if logits.is_cuda and _HAS_TRITON:
+        from lmserve.kernels.argmax import argmax  # needs triton: import on demand
+
+        return argmax(logits)
+    return logits.argmax(dim=-1)
 
 
 def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:

@@ -11,6 +11,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lmserve.kernels.activation import _silu_and_mul_kernel
+from lmserve.kernels.argmax import _chunk_argmax_kernel, _row_argmax_kernel
+from lmserve.kernels.gemv import _gemv_kernel
 from lmserve.kernels.kv_cache import _write_kv_cache_kernel
 from lmserve.kernels.paged_attention import _merge_splits_kernel, _paged_attention_kernel
 from lmserve.kernels.rms_norm import _rms_norm_kernel
@@ -37,13 +39,18 @@ ATTENTION_VARIANTS = [
 SINGLE_REQUEST = {"num_requests": 1, "stride_block_tables": 1}
 
 
-def compile_for_hopper(kernel, dtype: str, constants: dict, num_warps: int, cache_dtype: str | None = None) -> None:
+def compile_for_hopper(
+    kernel, dtype: str, constants: dict, num_warps: int, cache_dtype: str | None = None, pointers: dict | None = None
+) -> None:
     """Compile as a launch would: pointers and strides specialised as 16-byte aligned / multiples of 16.
-    The KV cache holds `dtype` unless `cache_dtype` (fp8e4nv: float8 e4m3) says otherwise."""
+    The KV cache holds `dtype` unless `cache_dtype` (fp8e4nv: float8 e4m3) says otherwise; `pointers`
+    names the element type of pointers that hold neither."""
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name in constants:
             signature[name] = "constexpr"
+        elif pointers and name in pointers:
+            signature[name] = pointers[name]
         elif name == "cache_ptr" and cache_dtype is not None:
             signature[name] = f"*{cache_dtype}"
         elif name in INDEX_POINTERS:
@@ -92,6 +99,14 @@ def compile_all_variants() -> None:
         constants = {"HALF": 64, "HALF_PAD": 64, "HEADS_PAD": 16, "HAS_NORM": has_norm}
         compile_for_hopper(_rotary_kernel, "bf16", constants, 4)
     compile_for_hopper(_silu_and_mul_kernel, "bf16", {"BLOCK": 1024}, 4)
+    for prologue in ({}, {"NORM": True}, {"NORM": True, "ADD_RESIDUAL": True}, {"SILU_AND_MUL": True}):
+        flags = {"NORM": False, "ADD_RESIDUAL": False, "SILU_AND_MUL": False, "HAS_BIAS": False} | prologue
+        for block_m in (1, 4):  # one decode row, and the most gemv takes
+            constants = flags | {"BLOCK_M": block_m, "BLOCK_N": 16, "BLOCK_K": 512 // block_m}
+            compile_for_hopper(_gemv_kernel, "bf16", constants, 4)
+    argmax_buffers = {"chunk_max_ptr": "*fp32", "chunk_index_ptr": "*i32"}
+    compile_for_hopper(_chunk_argmax_kernel, "bf16", {"TILE": 1024}, 4, pointers=argmax_buffers)
+    compile_for_hopper(_row_argmax_kernel, "bf16", {"CHUNKS": 256}, 4, pointers=argmax_buffers | {"out_ptr": "*i64"})
 
 
 if __name__ == "__main__":
