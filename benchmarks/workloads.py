@@ -170,4 +170,7 @@ def environment() -> dict:
         "commit": commit,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "torch": torch.__version__,
+        # Switches such as LMSERVE_PDL=0 change what runs, so they belong with the command.
+        "environment": {name: value for name, value in os.environ.items()
+                        if name.startswith("LMSERVE_") and name != "LMSERVE_COMMIT"},
     }
