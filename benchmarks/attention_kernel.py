@@ -37,28 +37,32 @@ def _row(kernel: str, batch: int, context: int, ms: float, kv_bytes: int, bandwi
 def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth: float) -> list[dict]:
     """Rows for one (batch, context): the paged kernel at each block_n and split, then SDPA on contiguous keys."""
     device = torch.device("cuda")
-    blocks_per_seq = -(-context // args.block_size)
+    low, high = round(context * (1 - args.spread)), round(context * (1 + args.spread))
+    generator = torch.Generator().manual_seed(args.seed)
+    contexts = torch.randint(max(low, 1), high + 1, (batch,), generator=generator)
+    longest = int(contexts.max())
+    blocks_per_seq = -(-longest // args.block_size)
     num_blocks = batch * blocks_per_seq + 1
     cache = torch.randn(2, num_blocks, args.block_size, args.kv_heads, args.head_dim, dtype=torch.bfloat16,
                         device=device).to(CACHE_DTYPES[args.cache_dtype])
     tables = torch.randperm(num_blocks - 1, device=device)[: batch * blocks_per_seq].view(batch, -1) + 1
-    seq_lens = torch.full((batch,), context, dtype=torch.int64, device=device)
+    seq_lens = contexts.to(device)
     query_start_loc = torch.arange(batch + 1, dtype=torch.int64, device=device)
     query = torch.randn(batch, args.heads, args.head_dim, dtype=torch.bfloat16, device=device)
-    kv_bytes = 2 * batch * context * args.kv_heads * args.head_dim * cache.element_size()
+    kv_bytes = 2 * int(contexts.sum()) * args.kv_heads * args.head_dim * cache.element_size()
     scale = args.head_dim**-0.5
     rows = []
     for block_n, num_warps, num_stages, num_splits in itertools.product(
         args.block_n, args.num_warps, args.num_stages, args.num_splits
     ):
         call = functools.partial(paged_attention, query, cache, tables, seq_lens, query_start_loc, 1, scale,
-                                 max_seq_len=context, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
+                                 max_seq_len=longest, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                                  num_splits=num_splits)
         name = f"paged(n={block_n},w={num_warps},s={num_stages},splits={num_splits or 'auto'})"
         rows.append(_row(name, batch, context, device_time_ms(call), kv_bytes, bandwidth))
     del cache
-    if args.cache_dtype != "bf16":
-        return rows  # SDPA has no float8 path to compare with
+    if args.cache_dtype != "bf16" or args.spread:
+        return rows  # SDPA has no float8 path to compare with, and takes one context length
     keys = torch.randn(batch, args.kv_heads, context, args.head_dim, dtype=torch.bfloat16, device=device)
     call = functools.partial(F.scaled_dot_product_attention, query[:, :, None, :], keys, torch.randn_like(keys),
                              enable_gqa=True)
@@ -75,6 +79,8 @@ def main() -> None:
     parser.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default="bf16")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 256])
     parser.add_argument("--context", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--spread", type=float, default=0.0, help="contexts uniform in context * (1 +- spread)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block-n", type=int, nargs="+", default=[None])
     parser.add_argument("--num-warps", type=int, nargs="+", default=[None])
     parser.add_argument("--num-stages", type=int, nargs="+", default=[None])

@@ -157,6 +157,9 @@ def device_time_ms(fn: Callable[[], object], iterations: int = 20, calls_per_gra
     return statistics.median(times)
 
 
+SWITCH_PREFIXES = ("LMSERVE_", "PYTORCH_", "TORCH_")
+
+
 def environment() -> dict:
     """Device, commit and the exact command, for the results file."""
     # The GPU machine gets the working tree without .git: pass LMSERVE_COMMIT=$(git rev-parse HEAD) there.
@@ -170,7 +173,7 @@ def environment() -> dict:
         "commit": commit,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "torch": torch.__version__,
-        # Switches such as LMSERVE_PDL=0 change what runs, so they belong with the command.
+        # Switches such as PYTORCH_TUNABLEOP_ENABLED=1 change what runs, so they belong with the command.
         "environment": {name: value for name, value in os.environ.items()
-                        if name.startswith("LMSERVE_") and name != "LMSERVE_COMMIT"},
+                        if name.startswith(SWITCH_PREFIXES) and name != "LMSERVE_COMMIT"},
     }

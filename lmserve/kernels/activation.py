@@ -10,16 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.kernels.launch import dependent_launch, wait_for_previous_kernel
-
 _BLOCK = 1024
 
 
 @triton.jit
-def _silu_and_mul_kernel(
-    gate_up_ptr, out_ptr, width, stride_in_token, stride_out_token, BLOCK: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr
-):
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
+def _silu_and_mul_kernel(gate_up_ptr, out_ptr, width, stride_in_token, stride_out_token, BLOCK: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     columns = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = columns < width
@@ -40,7 +35,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(num_tokens, width, dtype=gate_up.dtype, device=gate_up.device)
     if num_tokens:
         _silu_and_mul_kernel[(num_tokens, triton.cdiv(width, _BLOCK))](
-            gate_up, out, width, gate_up.stride(0), out.stride(0), BLOCK=_BLOCK, **dependent_launch(gate_up.device)
+            gate_up, out, width, gate_up.stride(0), out.stride(0), BLOCK=_BLOCK
         )
     return out
 

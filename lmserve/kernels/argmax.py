@@ -12,8 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.kernels.launch import dependent_launch, wait_for_previous_kernel
-
 TILE = 1024  # columns a stage-1 program loads at once
 TARGET_PROGRAMS = 1024  # stage-1 programs wanted per launch: several waves over the H200's 132 SMs
 _NO_INDEX = tl.constexpr(2**31 - 1)  # larger than any column, so min() over candidate columns skips padding
@@ -32,16 +30,8 @@ def _first_max(values, indices):
 
 @triton.jit
 def _chunk_argmax_kernel(
-    logits_ptr,
-    chunk_max_ptr,
-    chunk_index_ptr,
-    vocab_size,
-    stride_row,
-    tiles_per_chunk,
-    TILE: tl.constexpr,
-    DEPENDENT_LAUNCH: tl.constexpr,
+    logits_ptr, chunk_max_ptr, chunk_index_ptr, vocab_size, stride_row, tiles_per_chunk, TILE: tl.constexpr
 ):
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     num_chunks = tl.num_programs(1)
@@ -64,10 +54,7 @@ def _chunk_argmax_kernel(
 
 
 @triton.jit
-def _row_argmax_kernel(
-    chunk_max_ptr, chunk_index_ptr, out_ptr, num_chunks, CHUNKS: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr
-):
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
+def _row_argmax_kernel(chunk_max_ptr, chunk_index_ptr, out_ptr, num_chunks, CHUNKS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     chunks = tl.arange(0, CHUNKS)
     mask = chunks < num_chunks
@@ -97,13 +84,10 @@ def argmax(logits: torch.Tensor, tile: int = TILE, target_programs: int = TARGET
     num_chunks = triton.cdiv(num_tiles, tiles_per_chunk)
     chunk_max = torch.empty(num_rows, num_chunks, dtype=torch.float32, device=logits.device)
     chunk_index = torch.empty(num_rows, num_chunks, dtype=torch.int32, device=logits.device)
-    launch = dependent_launch(logits.device)
     _chunk_argmax_kernel[(num_rows, num_chunks)](
-        logits, chunk_max, chunk_index, vocab_size, logits.stride(0), tiles_per_chunk, TILE=tile, **launch
+        logits, chunk_max, chunk_index, vocab_size, logits.stride(0), tiles_per_chunk, TILE=tile
     )
-    _row_argmax_kernel[(num_rows,)](
-        chunk_max, chunk_index, out, num_chunks, CHUNKS=triton.next_power_of_2(num_chunks), **launch
-    )
+    _row_argmax_kernel[(num_rows,)](chunk_max, chunk_index, out, num_chunks, CHUNKS=triton.next_power_of_2(num_chunks))
     return out
 
 

@@ -27,8 +27,6 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.kernels.launch import dependent_launch, wait_for_previous_kernel
-
 PROLOGUES = ("none", "rms_norm", "add_rms_norm", "silu_and_mul")
 MAX_ROWS = 4  # every row adds a weight tile's worth of products and accumulators
 
@@ -67,9 +65,7 @@ def _gemv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    DEPENDENT_LAUNCH: tl.constexpr,
 ):
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     block = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
     outs = block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -183,7 +179,6 @@ def gemv(
             BLOCK_N=tile.block_n,
             BLOCK_K=max(16, tile.block_k // block_m),
             num_warps=tile.num_warps,
-            **dependent_launch(x.device),
         )
     return (out, new_residual) if add_residual else out
 

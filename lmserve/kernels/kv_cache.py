@@ -11,7 +11,6 @@ import triton
 import triton.language as tl
 
 from lmserve.attention.cache_dtype import FP8_MAX, store_rows
-from lmserve.kernels.launch import dependent_launch, wait_for_previous_kernel
 
 _FLOAT8_MAX = tl.constexpr(FP8_MAX)
 
@@ -42,9 +41,7 @@ def _write_kv_cache_kernel(
     BLOCK_SIZE: tl.constexpr,  # cache slots per block: fixed per engine, so the division compiles to a shift
     HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
-    DEPENDENT_LAUNCH: tl.constexpr,
 ):
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token)
     # A slot of -1 marks a padding token (a CUDA graph replays a fixed batch size): nothing to store.
@@ -102,7 +99,6 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tenso
         BLOCK_SIZE=kv_cache.shape[2],
         HEADS_PAD=triton.next_power_of_2(num_kv_heads),
         HEAD_DIM=head_dim,
-        **dependent_launch(key.device),
     )
 
 

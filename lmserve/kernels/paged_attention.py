@@ -23,7 +23,6 @@ import triton
 import triton.language as tl
 
 from lmserve.kernels.kv_cache import check_kv_cache_layout
-from lmserve.kernels.launch import dependent_launch, wait_for_previous_kernel
 
 
 @triton.jit
@@ -85,9 +84,7 @@ def _paged_attention_kernel(
     FP32_DOT: tl.constexpr,  # float32 inputs: exact products ("ieee") instead of TF32
     DECODE_ONLY: tl.constexpr,  # every request has exactly one query token
     SPLIT: tl.constexpr,  # decode only: program_id(2) of num_splits takes one share of the visible keys
-    DEPENDENT_LAUNCH: tl.constexpr,
 ):
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -199,9 +196,7 @@ def _merge_splits_kernel(
     stride_out_head,
     SPLITS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
-    DEPENDENT_LAUNCH: tl.constexpr,
 ):
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
@@ -341,7 +336,6 @@ def paged_attention(
         SPLIT=num_splits > 1,
         num_warps=num_warps or (8 if is_fp32 else 4),
         num_stages=num_stages or 2,
-        **dependent_launch(query.device),
     )
     if num_splits > 1:
         _merge_splits_kernel[(num_tokens, num_heads)](
@@ -354,7 +348,6 @@ def paged_attention(
             out.stride(1),
             SPLITS_PAD=triton.next_power_of_2(num_splits),
             HEAD_DIM=head_dim,
-            **dependent_launch(query.device),
         )
     return out
 

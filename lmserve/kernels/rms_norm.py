@@ -6,8 +6,6 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.kernels.launch import dependent_launch, wait_for_previous_kernel
-
 MAX_WIDTH = 8192  # a whole row sits in one program's registers
 
 
@@ -27,9 +25,7 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
-    DEPENDENT_LAUNCH: tl.constexpr,
 ):
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     # Rows are (outer, inner) pairs, so per-head norms read [tokens, heads, head_dim] views of a fused
     # QKV projection in place; out and new_residual are contiguous [rows, width].
     row = tl.program_id(0).to(tl.int64)
@@ -94,7 +90,6 @@ def rms_norm(
             HAS_RESIDUAL=residual is not None,
             BLOCK=block,
             num_warps=min(max(block // 256, 1), 8),
-            **dependent_launch(x.device),
         )
     return out if residual is None else (out, new_residual)
 

@@ -10,7 +10,6 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.kernels.launch import dependent_launch, wait_for_previous_kernel
 from lmserve.kernels.rms_norm import reference_rms_norm
 
 
@@ -66,9 +65,7 @@ def _rotary_kernel(
     HALF_PAD: tl.constexpr,
     HEADS_PAD: tl.constexpr,
     HAS_NORM: tl.constexpr,
-    DEPENDENT_LAUNCH: tl.constexpr,
 ):
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     token = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token).to(tl.int64)
     pairs = tl.arange(0, HALF_PAD)
@@ -134,7 +131,6 @@ def rotary_embedding(
         HALF_PAD=triton.next_power_of_2(half),
         HEADS_PAD=triton.next_power_of_2(max(num_heads, num_kv_heads)),
         HAS_NORM=head_norms is not None,
-        **dependent_launch(query.device),
     )
 
 
