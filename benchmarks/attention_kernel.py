@@ -5,6 +5,9 @@
 
 Each request has one query token and `context` keys in randomly scattered cache blocks; small batches
 split their keys over several programs as the engine does (flash-decoding), or as `--num-splits` says.
+`--spread 0.6` draws each request's context uniformly from `context` +-60% (seeded), as a serving batch's
+contexts are ragged; `--order batch` starts the programs in batch order instead of the engine's
+longest-first.
 `--block-n`, `--num-warps` and `--num-stages` sweep the tile. The figure is the median device time of
 calls replayed from a CUDA graph (as the engine's decode steps run them); bandwidth counts each request's
 keys and values read once. As a reference of what a tuned kernel reaches, the same shapes also run
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 
 from benchmarks.workloads import device_time_ms, environment, measure_copy_bandwidth
 from lmserve.kernels import paged_attention
+from lmserve.worker.input_preparation import longest_first
 
 CACHE_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}  # the queries are bf16
 
@@ -40,6 +44,9 @@ def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth:
     low, high = round(context * (1 - args.spread)), round(context * (1 + args.spread))
     generator = torch.Generator().manual_seed(args.seed)
     contexts = torch.randint(max(low, 1), high + 1, (batch,), generator=generator)
+    decode_order = None
+    if args.order == "longest-first":  # as the engine orders a decode step
+        decode_order = torch.from_numpy(longest_first(contexts.numpy())).to(device)
     longest = int(contexts.max())
     blocks_per_seq = -(-longest // args.block_size)
     num_blocks = batch * blocks_per_seq + 1
@@ -57,8 +64,8 @@ def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth:
     ):
         call = functools.partial(paged_attention, query, cache, tables, seq_lens, query_start_loc, 1, scale,
                                  max_seq_len=longest, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
-                                 num_splits=num_splits)
-        name = f"paged(n={block_n},w={num_warps},s={num_stages},splits={num_splits or 'auto'})"
+                                 num_splits=num_splits, decode_order=decode_order)
+        name = f"paged(n={block_n},w={num_warps},s={num_stages},splits={num_splits or 'auto'},{args.order})"
         rows.append(_row(name, batch, context, device_time_ms(call), kv_bytes, bandwidth))
     del cache
     if args.cache_dtype != "bf16" or args.spread:
@@ -81,6 +88,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--spread", type=float, default=0.0, help="contexts uniform in context * (1 +- spread)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--order", choices=["batch", "longest-first"], default="longest-first",
+                        help="the order decode programs take the requests in: the engine's, or batch order")
     parser.add_argument("--block-n", type=int, nargs="+", default=[None])
     parser.add_argument("--num-warps", type=int, nargs="+", default=[None])
     parser.add_argument("--num-stages", type=int, nargs="+", default=[None])

@@ -27,6 +27,9 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor  # [num_requests + 1] int64
     max_query_len: int
     max_seq_len: int  # an upper bound is enough (a CUDA graph's metadata holds the longest allowed)
+    # Decode steps: the order in which attention takes the requests, longest context first (`longest_first`),
+    # so that no long context starts last and runs on alone; None takes them in batch order.
+    decode_order: torch.Tensor | None = None  # [num_requests] int64
 
     @property
     def num_requests(self) -> int:

@@ -36,4 +36,5 @@ class TritonAttentionBackend:
             scale,
             sliding_window,
             max_seq_len=metadata.max_seq_len,
+            decode_order=metadata.decode_order,
         )

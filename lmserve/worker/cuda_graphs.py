@@ -104,6 +104,7 @@ class StepGraphs:
         vectors = torch.tensor([[PAD_TOKEN_ID], [PAD_POSITION], [PAD_SLOT]], device=device)
         self.input_ids, self.positions, self.slot_mapping = vectors.repeat(1, max_tokens).unbind(0)
         self.seq_lens = torch.zeros(max_requests, dtype=torch.int64, device=device)
+        self.decode_order = torch.arange(self.batch_sizes[-1], dtype=torch.int64, device=device)
         self.query_start_loc = torch.zeros(max_requests + 1, dtype=torch.int64, device=device)
         self.block_tables = torch.zeros(max_requests, max_blocks_per_seq, dtype=torch.int64, device=device)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
@@ -167,6 +168,8 @@ class StepGraphs:
         self.positions[:tokens].copy_(inputs.positions)
         self.slot_mapping[:tokens].copy_(metadata.slot_mapping)
         self.seq_lens[:requests].copy_(metadata.seq_lens)
+        if metadata.decode_order is not None:
+            self.decode_order[:requests].copy_(metadata.decode_order)
         self.query_start_loc[: requests + 1].copy_(metadata.query_start_loc)
         self.block_tables[:requests, : metadata.block_tables.shape[1]].copy_(metadata.block_tables)
         self.graphs[tokens, requests].replay()
@@ -185,14 +188,16 @@ class StepGraphs:
             torch.cumsum(query_lens, dim=0, out=self.query_start_loc[1 : requests + 1])
 
     def _forward(self, tokens: int, requests: int) -> torch.Tensor:
+        is_mixed = requests == self.mixed_requests
         metadata = AttentionMetadata(
             slot_mapping=self.slot_mapping[:tokens],
             block_tables=self.block_tables[:requests],
             seq_lens=self.seq_lens[:requests],
             query_start_loc=self.query_start_loc[: requests + 1],
             # Decode graphs take the one-token tiles; mixed ones the prefill tiles, which hold any query length.
-            max_query_len=tokens if requests == self.mixed_requests else 1,
+            max_query_len=tokens if is_mixed else 1,
             # An upper bound (the Triton kernels read each request's seq_len on the device instead).
             max_seq_len=self.max_blocks_per_seq * self.block_size,
+            decode_order=None if is_mixed else self.decode_order[:requests],
         )
         return self.model(self.input_ids[:tokens], self.positions[:tokens], metadata)

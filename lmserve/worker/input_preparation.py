@@ -234,12 +234,18 @@ def layout_step(batch: SchedulerOutput, block_size: int, block_tables: BlockTabl
     )
 
 
+def longest_first(seq_lens: np.ndarray) -> np.ndarray:
+    """Request indices by decreasing context length, ties in batch order."""
+    return np.argsort(-seq_lens, kind="stable")
+
+
 def to_device(layout: StepLayout, move: HostToDevice) -> StepInputs:
-    """Move a layout's arrays to the device in one asynchronous copy."""
-    input_ids, positions, slot_mapping, block_tables, seq_lens, query_start_loc = move.move(
-        [layout.token_ids, layout.positions, layout.slot_mapping, layout.block_tables, layout.seq_lens,
-         layout.query_start_loc]
-    )
+    """Move a layout's arrays to the device in one asynchronous copy; a decode step also gets its order."""
+    arrays = [layout.token_ids, layout.positions, layout.slot_mapping, layout.block_tables, layout.seq_lens,
+              layout.query_start_loc]
+    if layout.is_decode_only:
+        arrays.append(longest_first(layout.seq_lens))
+    input_ids, positions, slot_mapping, block_tables, seq_lens, query_start_loc, *decode_order = move.move(arrays)
     metadata = AttentionMetadata(
         slot_mapping=slot_mapping,
         block_tables=block_tables,
@@ -247,5 +253,6 @@ def to_device(layout: StepLayout, move: HostToDevice) -> StepInputs:
         query_start_loc=query_start_loc,
         max_query_len=layout.max_query_len,
         max_seq_len=layout.max_seq_len,
+        decode_order=decode_order[0] if decode_order else None,
     )
     return StepInputs(input_ids=input_ids, positions=positions, metadata=metadata)

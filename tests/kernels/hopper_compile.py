@@ -19,7 +19,8 @@ from lmserve.kernels.rms_norm import _rms_norm_kernel
 from lmserve.kernels.rotary import _rotary_kernel
 
 HOPPER = GPUTarget("cuda", 90, 32)
-INDEX_POINTERS = {"block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "slot_mapping_ptr", "positions_ptr"}
+INDEX_POINTERS = {"block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "decode_order_ptr", "slot_mapping_ptr",
+                  "positions_ptr"}
 FLOAT32_POINTERS = {"partial_out_ptr", "partial_lse_ptr", "cos_ptr", "sin_ptr"}
 FLOAT_SCALARS = {"qk_scale", "eps"}
 

@@ -10,6 +10,7 @@ import torch
 
 from lmserve.kernels.kv_cache import reference_write_kv_cache  # noqa: E402
 from lmserve.kernels.paged_attention import paged_attention, reference_paged_attention  # noqa: E402
+from lmserve.worker.input_preparation import longest_first  # noqa: E402
 from tests.kernels.paged_batch import DECODES, MIXED, PagedBatch, make_batch  # noqa: E402
 
 FP32_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
@@ -84,6 +85,17 @@ def test_decode_keys_split_over_programs(num_splits: int, block_n: int, sliding_
     # nothing (a context shorter than one tile per split); the merge must weight each by its softmax mass.
     batch = make_batch(DECODES, 4, 2, 16, 16)
     out, expected = attend(batch, sliding_window, num_splits=num_splits, block_n=block_n)
+    torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("order", ["longest-first", "reversed"])
+def test_decode_programs_take_requests_in_any_order(order: str, num_splits: int) -> None:
+    # The order only says which programs start first: every request's row is still written, with its own result.
+    batch = make_batch(DECODES, 4, 2, 16, 16)
+    seq_lens = batch.metadata.seq_lens
+    decode_order = longest_first(seq_lens.numpy()) if order == "longest-first" else range(len(seq_lens) - 1, -1, -1)
+    out, expected = attend(batch, None, num_splits=num_splits, decode_order=torch.tensor(list(decode_order)))
     torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
 
 

@@ -23,6 +23,7 @@ def test_a_mixed_batch_is_laid_out_flat():
     assert inputs.metadata.seq_lens.tolist() == [5, 4]
     assert inputs.metadata.query_start_loc.tolist() == [0, 1, 3]
     assert (inputs.metadata.max_query_len, inputs.metadata.max_seq_len) == (2, 5)
+    assert inputs.metadata.decode_order is None  # a mixed step's attention goes by query tiles
     # only "decode" reaches its last known token; "chunk" still has prompt left, so it does not sample
     assert layout.sampling_rows == [0] and layout.sample_indices.tolist() == [0]
     assert not layout.every_token_samples
@@ -34,6 +35,18 @@ def test_in_a_decode_step_every_token_samples():
     layout = layout_step(make_batch([first, second], [1, 1], [[0], [1]]), block_size=4)
     assert layout.every_token_samples and layout.sample_indices.tolist() == [0, 1]
     assert (layout.max_query_len, layout.max_seq_len) == (1, 3)
+
+
+def test_a_decode_step_attends_to_its_longest_contexts_first():
+    requests = [make_request(name, list(range(length))) for name, length in zip("abcd", [3, 9, 5, 9], strict=True)]
+    for request in requests:
+        request.num_computed_tokens = request.num_tokens - 1
+    layout = layout_step(make_batch(requests, [1] * 4, [[0, 1, 2]] * 4), block_size=4)
+    inputs = to_device(layout, HostToDevice(torch.device("cpu")))
+    assert inputs.metadata.decode_order.tolist() == [1, 3, 2, 0]  # ties keep batch order
+    # padded for a CUDA graph, the padding requests (one key each) come last
+    padded = to_device(layout.padded(6), HostToDevice(torch.device("cpu")))
+    assert padded.metadata.decode_order.tolist() == [1, 3, 2, 0, 4, 5]
 
 
 def test_block_table_rows_persist_grow_and_are_reused():
