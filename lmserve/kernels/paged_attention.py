@@ -316,6 +316,9 @@ def paged_attention(
 
     if decode_only and decode_order is None:
         decode_order = torch.arange(num_requests, device=query.device)
+    elif decode_only and (decode_order.shape != (num_requests,) or decode_order.device != query.device):
+        raise ValueError(f"decode_order must be one index per request ({num_requests}) on {query.device}, "
+                         f"got {tuple(decode_order.shape)} on {decode_order.device}")
     grid = (num_kv_heads, num_tiles, num_splits) if decode_only else (num_tiles, num_kv_heads, num_splits)
     _paged_attention_kernel[grid](
         query,

@@ -95,7 +95,8 @@ def test_decode_programs_take_requests_in_any_order(order: str, num_splits: int)
     batch = make_batch(DECODES, 4, 2, 16, 16)
     seq_lens = batch.metadata.seq_lens
     decode_order = longest_first(seq_lens.numpy()) if order == "longest-first" else range(len(seq_lens) - 1, -1, -1)
-    out, expected = attend(batch, None, num_splits=num_splits, decode_order=torch.tensor(list(decode_order)))
+    decode_order = torch.tensor(list(decode_order), device=seq_lens.device)
+    out, expected = attend(batch, None, num_splits=num_splits, decode_order=decode_order)
     torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
 
 
@@ -115,6 +116,15 @@ def test_small_decode_batches_split_and_large_ones_do_not() -> None:
     assert _decode_num_splits(num_programs=32 * 8, max_seq_len=4096, block_n=64, device=cpu) == 3
     assert _decode_num_splits(num_programs=128 * 8, max_seq_len=4096, block_n=64, device=cpu) == 1  # full GPU
     assert _decode_num_splits(num_programs=8, max_seq_len=50, block_n=64, device=cpu) == 1  # one tile
+
+
+def test_rejects_a_decode_order_that_is_not_on_the_device_or_not_one_per_request() -> None:
+    batch = make_batch(DECODES, 4, 2, 16, 16)
+    num_requests = batch.metadata.seq_lens.shape[0]
+    with pytest.raises(ValueError, match="decode_order"):
+        attend(batch, None, decode_order=torch.arange(num_requests - 1, device=batch.query.device))
+    with pytest.raises(ValueError, match="decode_order"):
+        attend(batch, None, decode_order=torch.arange(num_requests, device="meta"))
 
 
 def test_split_only_decode_steps() -> None:
