@@ -93,9 +93,9 @@ def test_decode_keys_split_over_programs(num_splits: int, block_n: int, sliding_
 def test_decode_programs_take_requests_in_any_order(order: str, num_splits: int) -> None:
     # The order only says which programs start first: every request's row is still written, with its own result.
     batch = make_batch(DECODES, 4, 2, 16, 16)
-    seq_lens = batch.metadata.seq_lens
+    seq_lens = batch.metadata.seq_lens.cpu()
     decode_order = longest_first(seq_lens.numpy()) if order == "longest-first" else range(len(seq_lens) - 1, -1, -1)
-    decode_order = torch.tensor(list(decode_order), device=seq_lens.device)
+    decode_order = torch.tensor(list(decode_order), device=batch.query.device)
     out, expected = attend(batch, None, num_splits=num_splits, decode_order=decode_order)
     torch.testing.assert_close(out, expected, **FP32_TOLERANCE)
 
