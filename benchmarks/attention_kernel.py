@@ -77,12 +77,20 @@ def measure_shape(args: argparse.Namespace, batch: int, context: int, bandwidth:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--heads", type=int, default=16)
+def add_attention_arguments(parser: argparse.ArgumentParser, heads: int) -> None:
+    """The head shape, the cache block size and the tile sweep (`--block-n`, `--num-warps`, `--num-stages`)."""
+    parser.add_argument("--heads", type=int, default=heads)
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--block-n", type=int, nargs="+", default=[None])
+    parser.add_argument("--num-warps", type=int, nargs="+", default=[None])
+    parser.add_argument("--num-stages", type=int, nargs="+", default=[None])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_attention_arguments(parser, heads=16)
     parser.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default="bf16")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 256])
     parser.add_argument("--context", type=int, nargs="+", default=[512, 2048])
@@ -90,9 +98,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--order", choices=["batch", "longest-first"], default="longest-first",
                         help="the order decode programs take the requests in: the engine's, or batch order")
-    parser.add_argument("--block-n", type=int, nargs="+", default=[None])
-    parser.add_argument("--num-warps", type=int, nargs="+", default=[None])
-    parser.add_argument("--num-stages", type=int, nargs="+", default=[None])
     parser.add_argument("--num-splits", type=lambda text: None if text == "auto" else int(text), nargs="+",
                         default=[None], help="auto (the engine's choice) or a number; 1 does not split")
     parser.add_argument("--out", default="benchmarks/results/attention-kernel.json")

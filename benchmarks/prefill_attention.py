@@ -18,7 +18,9 @@ import random
 from pathlib import Path
 
 import torch
+from triton.runtime.errors import OutOfResources
 
+from benchmarks.attention_kernel import add_attention_arguments
 from benchmarks.workloads import device_time_ms, environment
 from lmserve.kernels import paged_attention
 
@@ -34,16 +36,10 @@ def prompt_lengths(tokens: int, seed: int) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--block-size", type=int, default=16)
+    add_attention_arguments(parser, heads=32)
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block-q", type=int, nargs="+", default=[None])
-    parser.add_argument("--block-n", type=int, nargs="+", default=[None])
-    parser.add_argument("--num-warps", type=int, nargs="+", default=[None])
-    parser.add_argument("--num-stages", type=int, nargs="+", default=[None])
     parser.add_argument("--out", default="benchmarks/results/prefill-attention.json")
     args = parser.parse_args()
 
@@ -75,9 +71,8 @@ def main() -> None:
                                  num_stages=num_stages)
         try:
             ms = device_time_ms(call)
-        except Exception as error:  # a tile that does not fit in shared memory: note it and go on
-            print(f"q={block_q},n={block_n},w={num_warps},s={num_stages}: {type(error).__name__}")
-            torch.cuda.synchronize()
+        except OutOfResources as error:  # a tile that does not fit in shared memory: note it and go on
+            print(f"q={block_q},n={block_n},w={num_warps},s={num_stages}: {error}")
             continue
         name = f"q={block_q},n={block_n},w={num_warps},s={num_stages}"
         rows.append({"kernel": name, "ms": ms, "tflops": flops / ms / 1e9})
