@@ -152,5 +152,11 @@ async def _server_sent_events(
         yield "data: [DONE]\n\n"
 
 
+# Characters that JSON leaves raw but that clients splitting with str.splitlines (httpx's iter_lines, for one)
+# take for line ends, cutting an event in two; escaped, they decode to the same string.
+_LINE_BREAKS_IN_TEXT = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _encode_event(event: dict[str, Any]) -> str:
-    return f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'), allow_nan=False)}\n\n"
+    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return f"data: {data.translate(_LINE_BREAKS_IN_TEXT)}\n\n"
