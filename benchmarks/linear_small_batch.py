@@ -8,7 +8,8 @@ before q/k/v, gate/up and the LM head, SwiGLU's activation before down. For each
 - `unfused`: that step's own kernel, then `F.linear` (cuBLAS) on the [out, in] weight, as the model runs
   them at larger batches;
 - `linear`: `F.linear` alone, and `linear_in_out`: a matmul on the weight stored [in, out];
-- `gemv(n, k, w)`: lmserve's small-batch kernel with the step fused in, at each tile.
+- `gemv(n, k, w, s)`: lmserve's small-batch kernel with the step fused in, at each tile (weight rows,
+  columns, warps, pipeline stages); `gemv_alone(n, k, w, s)` the kernel without the step, against `linear`.
 Figures are median device times of calls replayed from a CUDA graph, with weight bytes over time against
 the measured copy bandwidth. Fresh random weights per shape, several copies rotated so that no call reads
 a weight from L2.
@@ -28,8 +29,9 @@ import torch.nn.functional as F
 from benchmarks.workloads import device_time_ms, environment, load_config, measure_copy_bandwidth
 
 _COPIES = 8  # weights rotated per timed call: their sum is far larger than the L2
-# (block_n, block_k at one row, num_warps)
-TILES = [(16, 512, 4), (16, 256, 4), (8, 512, 4), (32, 256, 4), (32, 512, 4), (16, 1024, 4), (64, 256, 8)]
+# (block_n, block_k at one row, num_warps, num_stages)
+TILES = [(8, 512, 4, 3), (16, 512, 4, 3), (4, 1024, 4, 3), (8, 1024, 4, 3), (16, 1024, 4, 3), (8, 1024, 4, 4),
+         (4, 2048, 8, 3), (16, 512, 4, 1)]
 
 
 def layer_shapes(config: dict) -> dict[str, tuple[int, int, str]]:
@@ -84,13 +86,15 @@ def measure_layer(num_in: int, num_out: int, prologue: str, rows: int, weights: 
     }
     expected = reference_gemv(weight=weights[0], **inputs)
     expected = expected[0] if isinstance(expected, tuple) else expected
-    for block_n, block_k, num_warps in TILES:
-        tile = GemvTile(block_n, block_k, num_warps)
+    for shape in TILES:
+        tile = GemvTile(*shape)
         actual = gemv(weight=weights[0], tile=tile, **inputs)
         actual = actual[0] if isinstance(actual, tuple) else actual
         torch.testing.assert_close(actual, expected, rtol=3e-2, atol=3e-2 * expected.abs().max().item())
-        variants[f"gemv({block_n},{block_k},{num_warps})"] = (
-            lambda weight, tile=tile: gemv(weight=weight, tile=tile, **inputs))
+        name = ",".join(map(str, shape))
+        variants[f"gemv({name})"] = lambda weight, tile=tile: gemv(weight=weight, tile=tile, **inputs)
+        if prologue != "none":
+            variants[f"gemv_alone({name})"] = lambda weight, tile=tile: gemv(linear_input, weight, tile=tile)
     transposed = [w.t().contiguous().t() for w in weights]
     return {name: 1000 * time_rotating(transposed if name == "linear_in_out" else weights, compute)
             for name, compute in variants.items()}

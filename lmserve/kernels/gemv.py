@@ -14,9 +14,16 @@ streams `BLOCK_N` weight rows over the whole input width, and builds its input t
 - `"none"`: x as it is.
 
 The weight is [out, in] with contiguous rows, as checkpoints hold it. Products run on the CUDA cores and
-accumulate elementwise in float32, summed once at the end: on the tensor cores, with the rows padded to
-16, the prologue's layout follows the operand's and every thread computes it again (32 times the
+accumulate elementwise in float32, summed once at the end: summing each column block as it arrives costs
+a cross-warp reduction an iteration, and ran slower on an H200. On the tensor cores, with the rows padded
+to 16, the prologue's layout follows the operand's and every thread computes it again (32 times the
 exponentials at one row, in the compiled code), and the kernel ran 3-10 times slower than cuBLAS.
+
+The column loop is software-pipelined (`num_stages` > 1: Triton copies the next tiles into shared memory
+asynchronously while it works on this one), so each program keeps several tiles of its weight rows in
+flight: at one row a projection is bound by how many bytes wait on memory at once, not by arithmetic.
+Without it the kernel lost to cuBLAS on Llama-3.1-8B's weights; with it, it streams them at least as
+fast, its fused step included (benchmarks/results/linear-small-batch-*-h200-gemv-pipelined*.json).
 """
 
 from __future__ import annotations
@@ -34,11 +41,13 @@ MAX_ROWS = 4  # every row adds a weight tile's worth of products and accumulator
 @dataclass(frozen=True)
 class GemvTile:
     """Weight rows per program, input columns per iteration at one row (halved for each doubling of the
-    rows, so the accumulator stays the same size in registers), and the launch's warps."""
+    rows, so the product tile stays the same size in registers), the launch's warps, and the column tiles
+    in flight (the software pipeline's stages)."""
 
-    block_n: int = 16
+    block_n: int = 8
     block_k: int = 512
     num_warps: int = 4
+    num_stages: int = 3
 
 
 @triton.jit
@@ -65,6 +74,7 @@ def _gemv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     block = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
@@ -75,7 +85,7 @@ def _gemv_kernel(
     # Products accumulate elementwise and are summed over the columns once, after the loop.
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     sum_squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for start in range(0, num_in, BLOCK_K):
+    for start in tl.range(0, num_in, BLOCK_K, num_stages=NUM_STAGES):
         columns = start + tl.arange(0, BLOCK_K)
         column_valid = columns < num_in
         mask = row_valid[:, None] & column_valid[None, :]
@@ -178,6 +188,7 @@ def gemv(
             BLOCK_M=block_m,
             BLOCK_N=tile.block_n,
             BLOCK_K=max(16, tile.block_k // block_m),
+            NUM_STAGES=tile.num_stages,
             num_warps=tile.num_warps,
         )
     return (out, new_residual) if add_residual else out

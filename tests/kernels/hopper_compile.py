@@ -103,7 +103,7 @@ def compile_all_variants() -> None:
     for prologue in ({}, {"NORM": True}, {"NORM": True, "ADD_RESIDUAL": True}, {"SILU_AND_MUL": True}):
         flags = {"NORM": False, "ADD_RESIDUAL": False, "SILU_AND_MUL": False, "HAS_BIAS": False} | prologue
         for block_m in (1, 4):  # one decode row, and the most gemv takes
-            constants = flags | {"BLOCK_M": block_m, "BLOCK_N": 16, "BLOCK_K": 512 // block_m}
+            constants = flags | {"BLOCK_M": block_m, "BLOCK_N": 8, "BLOCK_K": 512 // block_m, "NUM_STAGES": 3}
             compile_for_hopper(_gemv_kernel, "bf16", constants, 4)
     argmax_buffers = {"chunk_max_ptr": "*fp32", "chunk_index_ptr": "*i32"}
     compile_for_hopper(_chunk_argmax_kernel, "bf16", {"TILE": 1024}, 4, pointers=argmax_buffers)

@@ -11,7 +11,7 @@ from tests.kernels.paged_batch import DEVICE
 # Relative to the output's size: the kernel and torch sum the products in other orders and round
 # the normalised input at other points.
 TOLERANCES = {torch.float16: 4e-3, torch.bfloat16: 2e-2}
-SMALL_TILE = GemvTile(block_n=16, block_k=64)  # several column blocks and iterations
+SMALL_TILE = GemvTile(block_n=16, block_k=64, num_stages=3)  # several column blocks and iterations
 
 
 def random_tensor(*shape: int, dtype: torch.dtype, seed: int, scale: float = 1.0) -> torch.Tensor:

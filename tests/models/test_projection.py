@@ -1,6 +1,6 @@
 """The layer-side projection functions give the same results through gemv as through the unfused kernels.
 
-On a GPU they take gemv at one row of a small weight; here `_fuses` is forced so that gemv runs (on the CPU,
+On a GPU they take gemv at one row of a 16-bit weight; here `_fuses` is forced so that gemv runs (on the CPU,
 in Triton's interpreter) where the unfused path would.
 """
 
@@ -64,12 +64,12 @@ def test_projection_and_gated_projection(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_on_a_gpu_only_one_row_of_a_small_16_bit_weight_fuses() -> None:
+def test_on_a_gpu_only_one_row_of_a_16_bit_weight_fuses() -> None:
     small = nn.Linear(1024, 2048, bias=False).to("cuda", DTYPE)
     large = nn.Linear(4096, 4096, bias=False).to("cuda", DTYPE)
     one_row = torch.randn(1, 1024, device="cuda", dtype=DTYPE)
     assert projection_module._fuses(one_row, small)
+    assert projection_module._fuses(torch.randn(1, 4096, device="cuda", dtype=DTYPE), large)
     assert not projection_module._fuses(one_row.repeat(2, 1), small)
-    assert not projection_module._fuses(torch.randn(1, 4096, device="cuda", dtype=DTYPE), large)
     assert not projection_module._fuses(one_row.float(), small.float())
     assert not projection_module._fuses(one_row.cpu(), small.cpu())
