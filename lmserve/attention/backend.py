@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,8 +37,25 @@ class AttentionMetadata:
         return self.seq_lens.shape[0]
 
 
+@dataclass
+class Rotation:
+    """A layer's rotary embedding of one step's queries and keys, left to the backend so that it can
+    rotate the keys as it stores them (the Triton backend: in the launch that writes the cache).
+
+    The kernels take the tensors; `apply(query, key)` rotates flat [num_tokens, heads * head_dim] tensors
+    as the model's layer does, for a backend that rotates before it stores.
+    """
+
+    positions: torch.Tensor  # [num_tokens]
+    cos_cache: torch.Tensor  # [max_positions, head_dim / 2], float32
+    sin_cache: torch.Tensor
+    head_norms: tuple[torch.Tensor, torch.Tensor, float] | None  # query weight, key weight, eps (Qwen3)
+    apply: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 class AttentionBackend(Protocol):
-    """Writes a step's new keys and values into the cache, then attends over each request's context."""
+    """Rotates a step's queries and keys (given a `Rotation`), writes its new keys and values into the
+    cache, then attends over each request's context."""
 
     def forward(
         self,
@@ -48,6 +66,7 @@ class AttentionBackend(Protocol):
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None,
+        rotation: Rotation | None = None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmserve.attention.backend import AttentionBackend, AttentionMetadata
+from lmserve.attention.backend import AttentionBackend, AttentionMetadata, Rotation
 
 
 class Attention(nn.Module):
@@ -28,9 +28,15 @@ class Attention(nn.Module):
         self.backend = backend
 
     def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, metadata: AttentionMetadata
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        metadata: AttentionMetadata,
+        rotation: Rotation | None = None,
     ) -> torch.Tensor:
-        """Take flat [num_tokens, heads * head_dim] projections; return the same shape for queries."""
+        """Take flat [num_tokens, heads * head_dim] projections, queries and keys not yet rotated when a
+        `rotation` is given; return the same shape for queries."""
         num_tokens = query.shape[0]
         out = self.backend.forward(
             query.view(num_tokens, self.num_heads, self.head_dim),
@@ -40,5 +46,6 @@ class Attention(nn.Module):
             metadata,
             self.scale,
             self.sliding_window,
+            rotation,
         )
         return out.reshape(num_tokens, self.num_heads * self.head_dim)

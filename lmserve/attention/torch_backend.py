@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmserve.attention.backend import AttentionMetadata, write_kv_cache
+from lmserve.attention.backend import AttentionMetadata, Rotation, write_kv_cache
 
 
 class TorchAttentionBackend:
@@ -24,7 +24,11 @@ class TorchAttentionBackend:
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None,
+        rotation: Rotation | None = None,
     ) -> torch.Tensor:
+        if rotation is not None:
+            rotated_query, rotated_key = rotation.apply(query.flatten(1), key.flatten(1))
+            query, key = rotated_query.view(query.shape), rotated_key.view(key.shape)
         write_kv_cache(key, value, kv_cache, metadata.slot_mapping)
         block_size = kv_cache.shape[2]
         num_requests = metadata.num_requests

@@ -1,18 +1,19 @@
-"""The GPU attention backend: Triton kernels for the cache write and the paged attention."""
+"""The GPU attention backend: Triton kernels for the rotation and cache write, and the paged attention."""
 
 from __future__ import annotations
 
 import torch
 
-from lmserve.attention.backend import AttentionMetadata
-from lmserve.kernels import paged_attention, write_kv_cache
+from lmserve.attention.backend import AttentionMetadata, Rotation
+from lmserve.kernels import paged_attention, rotary_embedding, write_kv_cache
 
 
 class TritonAttentionBackend:
     """Same contract and results as `TorchAttentionBackend`, without gathering the context into copies.
 
     Two launches per layer and no host synchronisation (the metadata's ints are already on the host),
-    so a step can be captured in a CUDA graph; padding tokens with slot -1 are not written.
+    so a step can be captured in a CUDA graph; padding tokens with slot -1 are not written. Given a
+    `Rotation`, the first launch rotates the queries in place and the keys on their way into the cache.
     """
 
     def forward(
@@ -24,8 +25,14 @@ class TritonAttentionBackend:
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None,
+        rotation: Rotation | None = None,
     ) -> torch.Tensor:
-        write_kv_cache(key, value, kv_cache, metadata.slot_mapping)
+        if rotation is None:
+            write_kv_cache(key, value, kv_cache, metadata.slot_mapping)
+        else:
+            store = (value.flatten(1), kv_cache, metadata.slot_mapping)
+            rotary_embedding(rotation.positions, query.flatten(1), key.flatten(1), rotation.cos_cache,
+                             rotation.sin_cache, rotation.head_norms, store)
         return paged_attention(
             query,
             kv_cache,

@@ -16,7 +16,7 @@ _FLOAT8_MAX = tl.constexpr(FP8_MAX)
 
 
 @triton.jit
-def _to_cache_dtype(x, dtype: tl.constexpr):
+def cast_for_cache(x, dtype: tl.constexpr):
     """`x` as a cache of `dtype` stores it; float8 e4m3 saturates rather than overflowing (a NaN stays NaN)."""
     if dtype == tl.float8e4nv:
         x = tl.clamp(x.to(tl.float32), -_FLOAT8_MAX, _FLOAT8_MAX, propagate_nan=tl.PropagateNan.ALL)
@@ -59,11 +59,11 @@ def _write_kv_cache_kernel(
 
     cache_dtype = cache_ptr.dtype.element_ty
     key = tl.load(key_ptr + token * stride_key_token + heads[:, None] * stride_key_head + dims[None, :], mask=mask)
-    tl.store(cache_ptr + cache_offsets, _to_cache_dtype(key, cache_dtype), mask=mask)
+    tl.store(cache_ptr + cache_offsets, cast_for_cache(key, cache_dtype), mask=mask)
     value = tl.load(
         value_ptr + token * stride_value_token + heads[:, None] * stride_value_head + dims[None, :], mask=mask
     )
-    tl.store(cache_ptr + stride_cache_kv + cache_offsets, _to_cache_dtype(value, cache_dtype), mask=mask)
+    tl.store(cache_ptr + stride_cache_kv + cache_offsets, cast_for_cache(value, cache_dtype), mask=mask)
 
 
 def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -77,11 +77,7 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tenso
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
         return
-    check_kv_cache_layout(kv_cache, num_kv_heads, head_dim)
-    if key.stride(2) != 1 or value.stride(2) != 1:
-        raise ValueError("key and value must be contiguous in head_dim")
-    if key.dtype != value.dtype or kv_cache.dtype not in (key.dtype, torch.float8_e4m3fn):
-        raise ValueError(f"key/value dtype {key.dtype}/{value.dtype} cannot be stored in a {kv_cache.dtype} cache")
+    check_kv_cache_write(key, value, kv_cache)
     _write_kv_cache_kernel[(num_tokens,)](
         key,
         value,
@@ -110,6 +106,17 @@ def reference_write_kv_cache(
     num_kv_heads, head_dim = key.shape[1], key.shape[2]
     store_rows(kv_cache[0].view(-1, num_kv_heads, head_dim), slot_mapping[keep], key[keep])
     store_rows(kv_cache[1].view(-1, num_kv_heads, head_dim), slot_mapping[keep], value[keep])
+
+
+def check_kv_cache_write(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor) -> None:
+    """Raise unless keys and values [tokens, kv_heads, head_dim] can be stored in `kv_cache` as the kernels do."""
+    check_kv_cache_layout(kv_cache, key.shape[1], key.shape[2])
+    if value.shape != key.shape:
+        raise ValueError(f"value {tuple(value.shape)} differs from key {tuple(key.shape)}")
+    if key.stride(2) != 1 or value.stride(2) != 1:
+        raise ValueError("key and value must be contiguous in head_dim")
+    if key.dtype != value.dtype or kv_cache.dtype not in (key.dtype, torch.float8_e4m3fn):
+        raise ValueError(f"key/value dtype {key.dtype}/{value.dtype} cannot be stored in a {kv_cache.dtype} cache")
 
 
 def check_kv_cache_layout(kv_cache: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:

@@ -85,8 +85,8 @@ class LlamaAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, qkv: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
         query, key, value = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        query, key = self.rotary_emb(positions, query, key, self.head_norms)
-        return projection(self.o_proj, self.attn(query, key, value, metadata))
+        rotation = self.rotary_emb.rotation(positions, self.head_norms)  # applied by the attention backend
+        return projection(self.o_proj, self.attn(query, key, value, metadata, rotation))
 
 
 class LlamaMLP(nn.Module):

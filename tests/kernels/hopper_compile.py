@@ -96,9 +96,11 @@ def compile_all_variants() -> None:
         compile_for_hopper(_write_kv_cache_kernel, "bf16", constants, 4, cache_dtype)
     for has_residual in (False, True):
         compile_for_hopper(_rms_norm_kernel, "bf16", {"HAS_RESIDUAL": has_residual, "BLOCK": 1024}, 4)
-    for has_norm in (False, True):  # Qwen3 normalises each head inside the rotary launch
-        constants = {"HALF": 64, "HALF_PAD": 64, "HEADS_PAD": 16, "HAS_NORM": has_norm}
-        compile_for_hopper(_rotary_kernel, "bf16", constants, 4)
+    # Qwen3 normalises each head inside the rotary launch; the attention backend has it store keys and values.
+    for has_norm, store, cache in ((False, False, "bf16"), (True, True, "bf16"), (False, True, "fp8e4nv")):
+        constants = {"HALF": 64, "HALF_PAD": 64, "HEADS_PAD": 16, "HAS_NORM": has_norm, "STORE_KV": store,
+                     "BLOCK_SIZE": 16}
+        compile_for_hopper(_rotary_kernel, "bf16", constants, 4, pointers={"kv_cache_ptr": f"*{cache}"})
     compile_for_hopper(_silu_and_mul_kernel, "bf16", {"BLOCK": 1024}, 4)
     for prologue in ({}, {"NORM": True}, {"NORM": True, "ADD_RESIDUAL": True}, {"SILU_AND_MUL": True}):
         flags = {"NORM": False, "ADD_RESIDUAL": False, "SILU_AND_MUL": False, "HAS_BIAS": False} | prologue

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from lmserve.attention.backend import Rotation
 from lmserve.errors import UnsupportedArchitectureError
 from lmserve.models.layers.normalization import RMSNorm
 
@@ -70,11 +71,7 @@ class RotaryEmbedding(nn.Module):
         if query.is_cuda and _HAS_TRITON:
             from lmserve.kernels.rotary import rotary_embedding  # needs triton: import on demand
 
-            weights = None
-            if head_norms is not None:
-                query_norm, key_norm = head_norms
-                weights = (query_norm.weight, key_norm.weight, query_norm.eps)
-            rotary_embedding(positions, query, key, self.cos_cache, self.sin_cache, weights)
+            rotary_embedding(positions, query, key, self.cos_cache, self.sin_cache, _norm_weights(head_norms))
             return query, key
         if head_norms is not None:
             query_norm, key_norm = head_norms
@@ -85,8 +82,21 @@ class RotaryEmbedding(nn.Module):
         sin = self.sin_cache[positions].to(query.dtype)[:, None, :]
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
 
+    def rotation(self, positions: torch.Tensor, head_norms: tuple[RMSNorm, RMSNorm] | None = None) -> Rotation:
+        """This step's rotation, for the attention backend to apply as it stores the keys."""
+        return Rotation(positions, self.cos_cache, self.sin_cache, _norm_weights(head_norms),
+                        apply=lambda query, key: self(positions, query, key, head_norms))
+
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # Pairs are (i, i + head_dim / 2): the "rotate half" layout of Hugging Face checkpoints.
         first, second = x.unflatten(-1, (-1, self.head_dim)).chunk(2, dim=-1)
         rotated = torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
         return rotated.flatten(-2)
+
+
+def _norm_weights(head_norms: tuple[RMSNorm, RMSNorm] | None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(query weight, key weight, eps) of the per-head norms, as the rotary kernel takes them."""
+    if head_norms is None:
+        return None
+    query_norm, key_norm = head_norms
+    return query_norm.weight, key_norm.weight, query_norm.eps
