@@ -26,12 +26,16 @@ from benchmarks.workloads import (
     load_config,
     make_requests,
     measure_copy_bandwidth,
+    triton_compiles,
     write_model_dir,
 )
 
 
-def run_lmserve(model_dir: str, requests: list[Request], engine_options: dict, trace: dict | None = None) -> float:
-    """Elapsed seconds; with `trace`, also fills it with where the engine steps' time went."""
+def run_lmserve(
+    model_dir: str, requests: list[Request], engine_options: dict, trace: dict | None = None
+) -> tuple[float, list[dict]]:
+    """Elapsed seconds and the Triton kernels compiled during the timed run; with `trace`, also fills it
+    with where the engine steps' time went."""
     from lmserve import LLM, SamplingParams
 
     llm = LLM(model_dir, load_format="dummy", skip_tokenizer_init=True, **engine_options)
@@ -40,15 +44,16 @@ def run_lmserve(model_dir: str, requests: list[Request], engine_options: dict, t
     params = [SamplingParams(temperature=0.0, max_tokens=r.output_len, ignore_eos=True) for r in requests]
     steps = _trace_steps(llm.engine) if trace is not None else None
     _synchronize()
-    start = time.perf_counter()
-    llm.generate([r.prompt_token_ids for r in requests], params, use_tqdm=False)
-    _synchronize()
-    elapsed = time.perf_counter() - start
+    with triton_compiles() as compiles:
+        start = time.perf_counter()
+        llm.generate([r.prompt_token_ids for r in requests], params, use_tqdm=False)
+        _synchronize()
+        elapsed = time.perf_counter() - start
     if steps is not None:
         stats = llm.engine.stats()
         trace.update(_summarise_steps(steps), num_kv_blocks=stats.num_total_blocks, preemptions=stats.num_preemptions,
                      first_steps=[(n, tokens, round(t * 1000, 2)) for n, tokens, t in steps[:80]])
-    return elapsed
+    return elapsed, compiles
 
 
 def _trace_steps(engine) -> list[tuple[int, int, float]]:
@@ -184,7 +189,8 @@ def main() -> None:
     floor = floor_seconds(config, requests, bandwidth, kv_element_size(engine_options))
 
     trace = {} if args.trace else None
-    results = {"lmserve": run_lmserve(model_dir, requests, engine_options, trace)}
+    elapsed, compiles = run_lmserve(model_dir, requests, engine_options, trace)
+    results = {"lmserve": elapsed}
     floors = {"lmserve": floor}
     for peer in args.peer:
         results[peer] = run_hf(model_dir, requests, peer, args.hf_batch_size)
@@ -199,6 +205,7 @@ def main() -> None:
         "floor_seconds": floor,
         "floor_output_tokens_per_s": num_output / floor,
         "lmserve_steps": trace,
+        "lmserve_triton_compiles_in_timed_run": compiles,
         "engines": {
             name: {"elapsed_s": elapsed, "output_tokens_per_s": num_output / elapsed,
                    "total_tokens_per_s": num_total / elapsed, "fraction_of_floor": floors[name] / elapsed}
@@ -216,6 +223,11 @@ def main() -> None:
               f"{figures['total_tokens_per_s']:>12.0f} {figures['fraction_of_floor']:>9.1%}")
     if trace:
         print(json.dumps(trace, indent=1))
+    if compiles:
+        compiled = [event for event in compiles if not event["cache_hit"]]
+        print(f"Triton kernel variants new to the timed run: {len(compiles)} ({len(compiled)} compiled, "
+              f"{sum(event['compile_ms'] for event in compiled) / 1000:.2f} s): "
+              f"{sorted({event['kernel'] for event in compiles})}")
     print(f"floor: {floor:.2f} s ({num_output / floor:.0f} output tok/s at {bandwidth / 1e12:.2f} TB/s); wrote {out}")
 
 

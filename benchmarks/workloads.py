@@ -9,7 +9,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,34 @@ def device_time_ms(fn: Callable[[], object], iterations: int = 20, calls_per_gra
         end.synchronize()
         times.append(start.elapsed_time(end) / calls_per_graph)
     return statistics.median(times)
+
+
+@contextmanager
+def triton_compiles() -> Iterator[list[dict]]:
+    """Collect every Triton kernel variant compiled, or loaded from Triton's disk cache, inside the block.
+
+    A timed run should find none: a variant that start-up (warm-up, graph capture) did not produce stalls
+    the step that first needs it, by a compile (`cache_hit` false: Triton's cache on disk was empty, as on
+    a freshly started machine) or a load from disk.
+    """
+    events: list[dict] = []
+    try:
+        from triton import knobs
+    except ImportError:
+        yield events
+        return
+    previous = knobs.compilation.listener
+
+    def listen(*, src, metadata, metadata_group, times, cache_hit) -> None:
+        events.append({"kernel": metadata.get("name"), "cache_hit": cache_hit, "compile_ms": times.total / 1000})
+        if previous is not None:
+            previous(src=src, metadata=metadata, metadata_group=metadata_group, times=times, cache_hit=cache_hit)
+
+    knobs.compilation.listener = listen
+    try:
+        yield events
+    finally:
+        knobs.compilation.listener = previous
 
 
 SWITCH_PREFIXES = ("LMSERVE_", "PYTORCH_", "TORCH_")
