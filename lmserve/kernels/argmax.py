@@ -4,6 +4,11 @@ torch reduces a row in few programs, so at decode batch sizes a 128k-wide row le
 (27 us at one row on an H200, against this kernel's 3.4 us; 47 against 25 us at 256 rows). Here each
 row is cut into chunks reduced in parallel (stage 1), then one program per row picks the best chunk
 (stage 2). Ties go to the first index and NaN counts as the maximum, as in torch.argmax.
+
+Sampling runs outside the CUDA graphs, at every batch size the engine meets, so neither launch may
+compile a new variant per row count: the chunk counts that depend on it are left unspecialised, and
+stage 2's block holds the most chunks any row count makes. Otherwise a batch size not met before would
+stall its step on a compile.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def _first_max(values, indices):
     return tl.where(has_nan, float("nan"), largest), index
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tiles_per_chunk"])
 def _chunk_argmax_kernel(
     logits_ptr, chunk_max_ptr, chunk_index_ptr, vocab_size, stride_row, tiles_per_chunk, TILE: tl.constexpr
 ):
@@ -53,7 +58,7 @@ def _chunk_argmax_kernel(
     tl.store(chunk_index_ptr + row * num_chunks + chunk, index)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_chunks"])
 def _row_argmax_kernel(chunk_max_ptr, chunk_index_ptr, out_ptr, num_chunks, CHUNKS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     chunks = tl.arange(0, CHUNKS)
@@ -87,7 +92,9 @@ def argmax(logits: torch.Tensor, tile: int = TILE, target_programs: int = TARGET
     _chunk_argmax_kernel[(num_rows, num_chunks)](
         logits, chunk_max, chunk_index, vocab_size, logits.stride(0), tiles_per_chunk, TILE=tile
     )
-    _row_argmax_kernel[(num_rows,)](chunk_max, chunk_index, out, num_chunks, CHUNKS=triton.next_power_of_2(num_chunks))
+    # One tile per chunk (a single row) is the most chunks a launch makes.
+    max_chunks = triton.next_power_of_2(num_tiles)
+    _row_argmax_kernel[(num_rows,)](chunk_max, chunk_index, out, num_chunks, CHUNKS=max_chunks)
     return out
 
 

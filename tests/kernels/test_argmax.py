@@ -57,3 +57,43 @@ def test_rows_of_a_wider_buffer_and_bad_shapes() -> None:
         argmax(torch.empty(2, 0, device=DEVICE))
     with pytest.raises(ValueError, match="logits must be"):
         argmax(torch.empty(8, device=DEVICE))
+
+
+def test_every_row_count_launches_the_same_variants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sampling meets every batch size outside the CUDA graphs: a constant that followed the row count
+    would compile a new kernel variant (a stalled step) at each new one."""
+    from lmserve.kernels import argmax as argmax_module
+
+    launched = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **constants):
+                launched.append((self.kernel.__name__, tuple(sorted(constants.items()))))
+                return self.kernel[grid](*args, **constants)
+            return launch
+
+    for name in ("_chunk_argmax_kernel", "_row_argmax_kernel"):
+        monkeypatch.setattr(argmax_module, name, Recorder(getattr(argmax_module, name)))
+    for rows in (1, 3, 9, 40):
+        logits = random_logits(rows, 3000, torch.float32, seed=rows)
+        assert torch.equal(argmax(logits, tile=16, target_programs=64), reference_argmax(logits))
+    assert len(set(launched)) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_no_row_count_compiles_a_new_variant() -> None:
+    from lmserve.kernels import argmax as argmax_module
+
+    kernels = (argmax_module._chunk_argmax_kernel, argmax_module._row_argmax_kernel)
+    argmax(random_logits(1, 128256, torch.bfloat16))
+    device = torch.cuda.current_device()
+    compiled = [len(kernel.device_caches[device][0]) for kernel in kernels]
+    for rows in (2, 9, 16, 17, 33, 64, 100, 256):
+        logits = random_logits(rows, 128256, torch.bfloat16, seed=rows)
+        assert torch.equal(argmax(logits), reference_argmax(logits))
+    assert [len(kernel.device_caches[device][0]) for kernel in kernels] == compiled
