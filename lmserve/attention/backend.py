@@ -37,13 +37,13 @@ class AttentionMetadata:
         return self.seq_lens.shape[0]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rotation:
     """A layer's rotary embedding of one step's queries and keys, left to the backend so that it can
     rotate the keys as it stores them (the Triton backend: in the launch that writes the cache).
 
     The kernels take the tensors; `apply(query, key)` rotates flat [num_tokens, heads * head_dim] tensors
-    as the model's layer does, for a backend that rotates before it stores.
+    as the model's layer does (the same operation in torch), for a backend that rotates before it stores.
     """
 
     positions: torch.Tensor  # [num_tokens]
@@ -55,7 +55,11 @@ class Rotation:
 
 class AttentionBackend(Protocol):
     """Rotates a step's queries and keys (given a `Rotation`), writes its new keys and values into the
-    cache, then attends over each request's context."""
+    cache, then attends over each request's context.
+
+    Without a rotation the keys are stored as given: for layers without rotary embeddings (NoPE layers,
+    ALiBi models). With one, `query` and `key` are consumed: a backend may rotate them in place.
+    """
 
     def forward(
         self,

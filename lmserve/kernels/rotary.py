@@ -147,9 +147,9 @@ def rotary_embedding(
     num_heads, num_kv_heads = query.shape[1] // head_dim, key.shape[1] // head_dim
     value, kv_cache, slot_mapping = store if store is not None else (key, key, positions)  # unread without
     if store is not None:
-        if value.dim() != 2 or value.stride(1) != 1:
+        if value.shape != key.shape or value.stride(1) != 1:
             shape = tuple(value.shape)
-            raise ValueError(f"value must be [tokens, kv_heads * head_dim] with contiguous rows, got {shape}")
+            raise ValueError(f"value must be shaped as key, {tuple(key.shape)}, with contiguous rows, got {shape}")
         heads_view = (num_tokens, num_kv_heads, head_dim)
         check_kv_cache_write(key.view(heads_view), value.view(heads_view), kv_cache)
         if slot_mapping.shape != (num_tokens,):

@@ -50,7 +50,7 @@ def test_rotates_queries_and_keys_as_the_torch_backend_does(
 ) -> None:
     """Given a layer's rotation, the Triton backend rotates in its cache-write launch, the torch backend
     first: keys stored within the rotation's rounding, values exactly, and the same outputs (over a
-    float8 cache a key one float8 step apart moves them further: there the caches are compared only)."""
+    float8 cache a key one float8 step apart moves them further, so there the bound is loose)."""
     batch = make_batch(MIXED, 4, 2, 16, 16, dtype, cache_dtype=cache_dtype)
     rotary = RotaryEmbedding(LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=64), 16)
     rotary = rotary.to(batch.query.device)
@@ -60,7 +60,12 @@ def test_rotates_queries_and_keys_as_the_torch_backend_does(
             for index, norm in enumerate(head_norms):
                 norm.weight.copy_(torch.rand(16, generator=torch.Generator().manual_seed(index)) + 0.5)
             head_norms = tuple(norm.to(batch.query.device, dtype) for norm in head_norms)
-    positions = batch.metadata.seq_lens.repeat_interleave(batch.metadata.query_start_loc.diff()) - 1
+    # Each token's position in its request: its context, then the new tokens in order.
+    query_lens = batch.metadata.query_start_loc.diff()
+    first = (batch.metadata.seq_lens - query_lens).repeat_interleave(query_lens)
+    offset = torch.arange(len(first), device=first.device) - batch.metadata.query_start_loc[:-1].repeat_interleave(
+        query_lens)
+    positions = first + offset
     reference_cache = batch.kv_cache.clone()
     reference_args = tuple(x.clone() for x in (batch.query, batch.key, batch.value))
 
@@ -70,8 +75,9 @@ def test_rotates_queries_and_keys_as_the_torch_backend_does(
                                            None, rotary.rotation(positions, head_norms))
 
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
-    if cache_dtype is None:
-        torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+    # 16 bits: keys an ulp apart (the head norm sums in another order) move an output by up to a few %.
+    output_tolerance = 0.3 if cache_dtype else 1e-5 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(out, expected, rtol=output_tolerance, atol=output_tolerance)
     key_rtol = 0.13 if cache_dtype else tolerance  # float8: a rounding can tip a key one float8 step
     torch.testing.assert_close(batch.kv_cache[0].float(), reference_cache[0].float(), rtol=key_rtol, atol=tolerance)
     assert torch.equal(batch.kv_cache[1].view(torch.uint8), reference_cache[1].view(torch.uint8))
