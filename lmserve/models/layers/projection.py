@@ -2,8 +2,8 @@
 
 A decoder layer runs each pair through these functions, which pick the kernels. At one row (decode at
 batch 1), a projection runs in lmserve's `gemv` kernel with its step fused in: a launch fewer, and on an
-H200 the kernel streams both workloads' weights at least as fast as cuBLAS does (Qwen3-0.6B's o_proj: 3.3
-us against 12.8). Batch-1 decode of Llama-3.1-8B took 4.40 ms a step against 4.55 with cuBLAS and the
+H200 the kernel streams both workloads' weights about as fast as cuBLAS or faster (Qwen3-0.6B's o_proj:
+3.3 us against 12.8). Batch-1 decode of Llama-3.1-8B took 4.40 ms a step against 4.55 with cuBLAS and the
 unfused kernels (benchmarks/results/latency-*-b1-h200-gemv-pipelined.json). More rows run through
 cuBLAS's matrix kernels, with the step as its own kernel before `F.linear`.
 """
