@@ -7,13 +7,9 @@ compiles a kernel for an H100 (sm_90) without launching it, as tests/kernels/hop
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-
+from tests.kernels.triton_setup import run_compiling
 
 RECORD_COMPILES = """
 import json
@@ -34,10 +30,7 @@ print(json.dumps({"first": first, "second": second, "listener_left": knobs.compi
 def test_benchmarks_record_the_kernels_compiled_in_a_run(tmp_path: Path) -> None:
     """`triton_compiles` (throughput and latency benchmarks) records both, and leaves Triton's listener
     as it found it."""
-    environment = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    environment["TRITON_CACHE_DIR"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-c", RECORD_COMPILES], cwd=REPOSITORY, env=environment,
-                            capture_output=True, text=True, timeout=300)
+    result = run_compiling(["-c", RECORD_COMPILES], TRITON_CACHE_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr[-4000:]
     recorded = json.loads(result.stdout.strip().splitlines()[-1])
     assert [(e["kernel"], e["cache_hit"]) for e in recorded["first"]] == [("_silu_and_mul_kernel", False)]

@@ -6,23 +6,9 @@ compiles each kernel variant with Triton's bundled LLVM and ptxas, launching not
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-REPOSITORY = Path(__file__).resolve().parents[2]
+from tests.kernels.triton_setup import run_compiling
 
 
 def test_kernels_compile_for_hopper() -> None:
-    environment = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.hopper_compile"],
-        cwd=REPOSITORY,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_compiling(["-m", "tests.kernels.hopper_compile"])
     assert result.returncode == 0, result.stderr[-4000:]
-

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def use_interpreter_without_gpu() -> None:
@@ -22,6 +27,14 @@ def use_interpreter_without_gpu() -> None:
     _let_interpreter_index_with_numpy_scalars(interpreter)
     _let_interpreter_multiply_bfloat16(interpreter)
     _let_interpreter_round_float8_to_nearest_even(interpreter)
+
+
+def run_compiling(arguments: list[str], **environment: str) -> subprocess.CompletedProcess:
+    """`python <arguments>` from the repository root in a process where Triton compiles (no interpreter:
+    under it even Triton's own library functions cannot be compiled), with `environment` added."""
+    variables = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"} | environment
+    return subprocess.run([sys.executable, *arguments], cwd=REPOSITORY, env=variables, capture_output=True,
+                          text=True, timeout=300)
 
 
 def _let_interpreter_index_with_numpy_scalars(interpreter) -> None:
