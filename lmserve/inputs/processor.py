@@ -124,7 +124,8 @@ def _child_params(params: SamplingParams, index: int) -> SamplingParams:
     """Sample `index` of a request: one sample, with its own seed so the samples differ."""
     if params.n == 1:
         return params
-    seed = None if params.seed is None else params.seed + index
+    # Wrapped into the signed 64-bit range that seeds take: the largest seed's later samples wrap around.
+    seed = None if params.seed is None else (params.seed + index + 2**63) % 2**64 - 2**63
     return dataclasses.replace(params, n=1, seed=seed)
 
 

@@ -1,4 +1,8 @@
-"""Greedy sampling's argmax over [rows, vocab] logits, split across the GPU in two launches.
+"""The argmax over [rows, vocab] logits that picks each row's token, split across the GPU in two launches.
+
+`argmax` is greedy sampling; `gumbel_race` is random sampling, the argmax of logits / temperature plus
+Gumbel noise drawn inside the same pass (`lmserve.sample.gumbel` explains the race and holds its torch
+path, which draws the same Philox bits), so a row's logits are read once, however many rows are seeded.
 
 torch reduces a row in few programs, so at decode batch sizes a 128k-wide row leaves most SMs idle
 (27 us at one row on an H200, against this kernel's 3.4 us; 47 against 25 us at 256 rows). Here each
@@ -17,9 +21,14 @@ import torch
 import triton
 import triton.language as tl
 
+from lmserve.sample.gumbel import UNIFORM_BITS
+
 TILE = 1024  # columns a stage-1 program loads at once
 TARGET_PROGRAMS = 1024  # stage-1 programs wanted per launch: several waves over the H200's 132 SMs
 _NO_INDEX = tl.constexpr(2**31 - 1)  # larger than any column, so min() over candidate columns skips padding
+# A uniform draw keeps the top UNIFORM_BITS of Philox's 32: (bits + 0.5) * 2**-UNIFORM_BITS.
+_UNIFORM_SHIFT = tl.constexpr(32 - UNIFORM_BITS)
+_UNIFORM_SCALE = tl.constexpr(2.0**-UNIFORM_BITS)
 
 
 @triton.jit
@@ -33,22 +42,48 @@ def _first_max(values, indices):
     return tl.where(has_nan, float("nan"), largest), index
 
 
+@triton.jit
+def _gumbel_noise(key, counter, columns):
+    """Standard Gumbel noise for `columns` of a row: lmserve.sample.gumbel.gumbel_noise's bits and formula."""
+    zeros = tl.zeros_like(columns).to(tl.uint32)
+    counter_low, counter_high = (counter & 0xFFFFFFFF).to(tl.uint32), (counter >> 32).to(tl.uint32)
+    bits, _, _, _ = tl.philox(key, columns, zeros + counter_low, zeros + counter_high, zeros)
+    uniform = ((bits >> _UNIFORM_SHIFT).to(tl.float32) + 0.5) * _UNIFORM_SCALE
+    return -tl.log(-tl.log(uniform))
+
+
+@triton.jit
+def _load_scores(row_logits, columns, vocab_size, temperature, key, counter, SCALE: tl.constexpr,
+                 RACE: tl.constexpr):
+    """A tile of the row's scores: its logits, divided by the temperature and raced with noise if asked."""
+    values = tl.load(row_logits + columns, mask=columns < vocab_size, other=float("-inf")).to(tl.float32)
+    if SCALE:
+        values = values / temperature
+    if RACE:
+        values += _gumbel_noise(key, counter, columns)
+    return values
+
+
 @triton.jit(do_not_specialize=["tiles_per_chunk"])
 def _chunk_argmax_kernel(
-    logits_ptr, chunk_max_ptr, chunk_index_ptr, vocab_size, stride_row, tiles_per_chunk, TILE: tl.constexpr
+    logits_ptr, temperature_ptr, keys_ptr, counters_ptr, chunk_max_ptr, chunk_index_ptr, vocab_size, stride_row,
+    tiles_per_chunk, TILE: tl.constexpr, SCALE: tl.constexpr, RACE: tl.constexpr
 ):
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     num_chunks = tl.num_programs(1)
     row_logits = logits_ptr + row * stride_row
+    temperature = tl.load(temperature_ptr + row) if SCALE else 1.0
+    key = tl.load(keys_ptr + row) if RACE else 0
+    counter = tl.load(counters_ptr + row) if RACE else 0
     # Each lane keeps the first maximum of its own column stream; a later column replaces it only when
     # strictly larger (or the first NaN), so ties keep the earlier index.
     columns = chunk * tiles_per_chunk * TILE + tl.arange(0, TILE)
-    best = tl.load(row_logits + columns, mask=columns < vocab_size, other=float("-inf")).to(tl.float32)
+    best = _load_scores(row_logits, columns, vocab_size, temperature, key, counter, SCALE, RACE)
     best_index = columns
     for _ in range(1, tiles_per_chunk):
         columns += TILE
-        values = tl.load(row_logits + columns, mask=columns < vocab_size, other=float("-inf")).to(tl.float32)
+        values = _load_scores(row_logits, columns, vocab_size, temperature, key, counter, SCALE, RACE)
         better = (values > best) | ((values != values) & (best == best))
         best = tl.where(better, values, best)
         best_index = tl.where(better, columns, best_index)
@@ -74,6 +109,33 @@ def argmax(logits: torch.Tensor, tile: int = TILE, target_programs: int = TARGET
 
     `tile` and `target_programs` exist for tests, which keep them small under the interpreter.
     """
+    return _two_stage_argmax(logits, None, None, None, tile, target_programs)
+
+
+def gumbel_race(
+    logits: torch.Tensor,
+    temperature: torch.Tensor | None,
+    keys: torch.Tensor,
+    counters: torch.Tensor,
+    tile: int = TILE,
+    target_programs: int = TARGET_PROGRAMS,
+) -> torch.Tensor:
+    """Random tokens: lmserve.sample.gumbel.gumbel_race (the same noise bits) in one pass over the logits.
+
+    `temperature` ([rows] float32, or None for 1), `keys` and `counters` ([rows] int64) are on the logits'
+    device.
+    """
+    return _two_stage_argmax(logits, temperature, keys, counters, tile, target_programs)
+
+
+def _two_stage_argmax(
+    logits: torch.Tensor,
+    temperature: torch.Tensor | None,
+    keys: torch.Tensor | None,
+    counters: torch.Tensor | None,
+    tile: int,
+    target_programs: int,
+) -> torch.Tensor:
     if logits.dim() != 2 or logits.shape[1] == 0:
         raise ValueError(f"logits must be [rows, vocab] with vocab > 0, got {tuple(logits.shape)}")
     if logits.stride(1) != 1:
@@ -89,8 +151,11 @@ def argmax(logits: torch.Tensor, tile: int = TILE, target_programs: int = TARGET
     num_chunks = triton.cdiv(num_tiles, tiles_per_chunk)
     chunk_max = torch.empty(num_rows, num_chunks, dtype=torch.float32, device=logits.device)
     chunk_index = torch.empty(num_rows, num_chunks, dtype=torch.int32, device=logits.device)
+    race = keys is not None
     _chunk_argmax_kernel[(num_rows, num_chunks)](
-        logits, chunk_max, chunk_index, vocab_size, logits.stride(0), tiles_per_chunk, TILE=tile
+        logits, logits if temperature is None else temperature, keys if race else logits,
+        counters if race else logits, chunk_max, chunk_index, vocab_size, logits.stride(0), tiles_per_chunk,
+        TILE=tile, SCALE=temperature is not None, RACE=race,
     )
     # One tile per chunk (a single row) is the most chunks a launch makes.
     max_chunks = triton.next_power_of_2(num_tiles)

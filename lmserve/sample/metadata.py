@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lmserve.errors import InvalidRequestError
+from lmserve.sample.gumbel import random_keys
 from lmserve.sample.penalties import Penalties
 from lmserve.sampling_params import SamplingParams
 
@@ -62,7 +63,10 @@ class SamplingMetadata:
     top_k: torch.Tensor | None  # [rows] int64; vocab_size where off
     top_p: torch.Tensor | None  # [rows] float32; 1.0 where off
     min_p: torch.Tensor | None  # [rows] float32; 0.0 where off
-    generators: dict[int, torch.Generator]  # row -> its request's own generator, for seeded random rows
+    # The race's noise (lmserve.sample.gumbel): a seeded row's key is its seed and its counter the outputs
+    # it sampled before; an unseeded row gets a fresh random key each step. None when every row is greedy.
+    keys: torch.Tensor | None  # [rows] int64
+    counters: torch.Tensor | None  # [rows] int64
     logit_bias: LogitAdditions | None
     min_tokens_mask: LogitAdditions | None  # -inf on the stop tokens of rows still short of min_tokens
     penalties: Penalties | None
@@ -76,14 +80,14 @@ class SamplingMetadata:
         output_token_ids: list[list[int]],
         num_output_tokens: list[int],
         eos_token_ids: list[tuple[int, ...]],
-        generators: list[torch.Generator | None],
         vocab_size: int,
         device: torch.device | str,
     ) -> SamplingMetadata:
-        """Collect the batch's options; `generators[i]` is request i's generator if it has a seed.
+        """Collect the batch's options.
 
-        `num_output_tokens[i]` counts the outputs before this step's token (for min_tokens). Only penalties
-        read `output_token_ids`, and they are built on `device` at once: they need every output known.
+        `num_output_tokens[i]` counts the outputs before this step's token (for min_tokens and the noise's
+        counter). Only penalties read `output_token_ids`, and they are built on `device` at once: they need
+        every output known.
         """
         greedy = [p.greedy for p in params]
         all_greedy, all_random = all(greedy), not any(greedy)
@@ -106,11 +110,8 @@ class SamplingMetadata:
             top_k=random_rows_column(top_k, off=vocab_size, dtype=torch.int64),
             top_p=random_rows_column([p.top_p for p in params], off=1.0, dtype=torch.float32),
             min_p=random_rows_column([p.min_p for p in params], off=0.0, dtype=torch.float32),
-            generators={
-                row: generator
-                for row, (p, generator) in enumerate(zip(params, generators, strict=True))
-                if generator is not None and not p.greedy
-            },
+            keys=None if all_greedy else _noise_keys(params),
+            counters=None if all_greedy else torch.tensor(num_output_tokens, dtype=torch.int64),
             logit_bias=LogitAdditions.build([_checked_logit_bias(p, vocab_size) for p in params]),
             min_tokens_mask=LogitAdditions.build(
                 [
@@ -124,7 +125,7 @@ class SamplingMetadata:
 
     def to_device(self, move: HostToDevice) -> SamplingMetadata:
         """The same metadata with its host tensors on the device, moved in one asynchronous copy."""
-        columns = ("temperature", "greedy", "top_k", "top_p", "min_p")
+        columns = ("temperature", "greedy", "top_k", "top_p", "min_p", "keys", "counters")
         additions = ("logit_bias", "min_tokens_mask")
         host = [getattr(self, name) for name in columns]
         for name in additions:
@@ -140,6 +141,16 @@ class SamplingMetadata:
             parts = on_device[len(columns) + 3 * index : len(columns) + 3 * index + 3]
             changes[name] = None if parts[0] is None else LogitAdditions(*parts)
         return dataclasses.replace(self, **changes)
+
+
+def _noise_keys(params: list[SamplingParams]) -> torch.Tensor:
+    """[rows] int64: each seeded row's seed, a fresh random key for the others."""
+    keys = random_keys(len(params))
+    seeded = [(row, p.seed) for row, p in enumerate(params) if p.seed is not None]
+    if seeded:
+        rows, seeds = zip(*seeded, strict=True)
+        keys[list(rows)] = torch.tensor(seeds, dtype=torch.int64)
+    return keys
 
 
 def _checked_logit_bias(params: SamplingParams, vocab_size: int) -> dict[int, float]:

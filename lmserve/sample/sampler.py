@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmserve.sample.gumbel import gumbel_race
 from lmserve.sample.logprobs import LogprobsTensors, compute_logprobs
 from lmserve.sample.metadata import SamplingMetadata
 
@@ -24,18 +25,23 @@ class SamplerOutput:
 class Sampler:
     """Batched over rows with tensor ops only, so the same code runs on CPU and GPU.
 
-    Stateless: the per-request state it needs (token counts, seeded generators) comes in the metadata.
+    Stateless: the per-request state it needs (token counts, the noise's keys and counters) comes in the
+    metadata.
     """
 
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
-        """Sample from [rows, vocab] logits of any float dtype; the input tensor is left unchanged."""
+        """Sample from [rows, vocab] logits of any float dtype; the input tensor is left unchanged.
+
+        Logits are upcast to float32 only where a step needs it (logprobs, logit changes, truncation):
+        float32 holds every 16-bit value exactly, so the tokens are those of the float32 logits.
+        """
         if _takes_argmax_only(metadata):
-            # Float32 holds every 16-bit value exactly, so upcasting first would give the same tokens.
             return SamplerOutput(sampled_token_ids=_greedy_tokens(logits), logprobs=None)
-        logits = logits.float()
         # Logprobs describe the model's own distribution, before any processing: that is what users
         # compare with other implementations.
-        raw_logprobs = None if metadata.max_num_logprobs is None else torch.log_softmax(logits, dim=-1)
+        raw_logprobs = None
+        if metadata.max_num_logprobs is not None:
+            raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
         logits = _adjust_logits(logits, metadata)
         sampled = _sample(logits, metadata)
         if raw_logprobs is None:
@@ -54,11 +60,11 @@ def _takes_argmax_only(metadata: SamplingMetadata) -> bool:
 
 def _adjust_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
     """Apply logit_bias, then forbid stop tokens before min_tokens, then penalties; greedy rows too."""
-    for additions in (metadata.logit_bias, metadata.min_tokens_mask):
-        if additions is not None:
-            logits = additions.apply(logits)
-    if metadata.penalties is not None:
-        logits = metadata.penalties.apply(logits)
+    adjustments = [a for a in (metadata.logit_bias, metadata.min_tokens_mask, metadata.penalties) if a is not None]
+    if adjustments:
+        logits = logits.float()
+    for adjustment in adjustments:
+        logits = adjustment.apply(logits)
     return logits
 
 
@@ -72,10 +78,14 @@ def _sample(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
     return torch.where(metadata.greedy, _greedy_tokens(logits), random_tokens)
 
 
+def _on_gpu(logits: torch.Tensor) -> bool:
+    return logits.is_cuda and _HAS_TRITON
+
+
 def _greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """Each row's argmax. On CUDA, lmserve's two-stage kernel: torch reduces a row in few programs, which
     took 27 us at one row of a 128k vocabulary on an H200, against 3.4 us (benchmarks/results/argmax-*)."""
-    if logits.is_cuda and _HAS_TRITON:
+    if _on_gpu(logits):
         from lmserve.kernels.argmax import argmax  # needs triton: import on demand
 
         return argmax(logits)
@@ -83,14 +93,29 @@ def _greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-    """Apply temperature, min_p, top_k and top_p, then draw from what is left."""
+    """Apply temperature, min_p, top_k and top_p, then race the tokens (lmserve.sample.gumbel).
+
+    With no truncation the race divides by the temperature itself, so the logits are read once.
+    """
+    if metadata.min_p is None and metadata.top_k is None and metadata.top_p is None:
+        return _race(logits, metadata.temperature, metadata)
+    logits = logits.float()
     if metadata.temperature is not None:
         logits = logits / metadata.temperature[:, None]
     if metadata.min_p is not None:
         logits = _apply_min_p(logits, metadata.min_p)
     if metadata.top_k is not None or metadata.top_p is not None:
         logits = _apply_top_k_top_p(logits, metadata.top_k, metadata.top_p)
-    return _exponential_race(torch.softmax(logits, dim=-1), metadata.generators)
+    return _race(logits, None, metadata)
+
+
+def _race(logits: torch.Tensor, temperature: torch.Tensor | None, metadata: SamplingMetadata) -> torch.Tensor:
+    """One pass: on CUDA in the argmax kernel, which draws the noise as it reads the logits."""
+    if _on_gpu(logits):
+        from lmserve.kernels.argmax import gumbel_race as race  # needs triton: import on demand
+    else:
+        race = gumbel_race
+    return race(logits, temperature, metadata.keys, metadata.counters)
 
 
 def _apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
@@ -119,16 +144,3 @@ def _apply_top_k_top_p(
         drop = (mass_above >= top_p[:, None]) & (top_p[:, None] < 1.0)
         sorted_logits = sorted_logits.masked_fill(drop, -torch.inf)
     return logits.scatter(-1, order, sorted_logits)
-
-
-def _exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
-    """Pick token i with probability probs[i] as argmax(probs / q), q ~ Exp(1) (the Gumbel-max trick).
-
-    Needs no cumulative sum nor host sync. Unseeded rows share one batched draw; each seeded row
-    redraws its whole row from its own generator, so its token depends only on its seed and on how many
-    tokens it sampled before, never on the rest of the batch.
-    """
-    q = torch.empty_like(probs).exponential_()
-    for row, generator in generators.items():
-        q[row].exponential_(generator=generator)
-    return probs.div(q).argmax(dim=-1)

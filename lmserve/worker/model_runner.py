@@ -88,7 +88,7 @@ class LaunchedStep:
 
 
 class ModelRunner:
-    """Holds the model, its paged KV cache and the sampler; keeps each seeded request's generator.
+    """Holds the model, its paged KV cache and the sampler.
 
     `launch` queues a step's work without waiting for the device, so the engine can prepare the next
     step meanwhile. A token sampled by one step is fed to the next on the device: the host need not know
@@ -114,7 +114,6 @@ class ModelRunner:
         _check_float8_cache_support(config, self.device)
         self.sampler = Sampler()
         self.staging = HostToDevice(self.device)
-        self.generators: dict[str, torch.Generator] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.graphs: StepGraphs | None = None
         self.block_tables = BlockTableRows(num_rows=config.scheduler.max_num_seqs)
@@ -160,23 +159,24 @@ class ModelRunner:
         return num_blocks
 
     def _profile_sampler(self, logits: torch.Tensor) -> None:
-        """Sample every row with each costly option on, so the memory profile holds the sampler's peak."""
+        """Sample every row with each costly option on, so the memory profile holds the sampler's peak;
+        then greedily and at a temperature alone, so that their kernels compile before serving."""
         rows = logits.shape[0]
-        params = SamplingParams(
+        costly = SamplingParams(
             temperature=0.8, top_p=0.9, top_k=50, min_p=0.05, repetition_penalty=1.1, frequency_penalty=0.1,
             presence_penalty=0.1, logprobs=20,
         )
-        metadata = SamplingMetadata.build(
-            params=[params] * rows,
-            prompt_token_ids=[[0]] * rows,
-            output_token_ids=[[0]] * rows,
-            num_output_tokens=[1] * rows,
-            eos_token_ids=[()] * rows,
-            generators=[None] * rows,
-            vocab_size=logits.shape[-1],
-            device=self.device,
-        ).to_device(self.staging)
-        self.sampler(logits, metadata)
+        for params in (costly, SamplingParams(temperature=0.0), SamplingParams(temperature=0.8)):
+            metadata = SamplingMetadata.build(
+                params=[params] * rows,
+                prompt_token_ids=[[0]] * rows,
+                output_token_ids=[[0]] * rows,
+                num_output_tokens=[1] * rows,
+                eos_token_ids=[()] * rows,
+                vocab_size=logits.shape[-1],
+                device=self.device,
+            ).to_device(self.staging)
+            self.sampler(logits, metadata)
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -212,8 +212,6 @@ class ModelRunner:
     @torch.inference_mode()
     def launch(self, batch: SchedulerOutput) -> LaunchedStep:
         """Queue the step's forward pass, sampling and result copies; return without waiting for them."""
-        for request_id in batch.finished_request_ids:
-            self.generators.pop(request_id, None)
         self.block_tables.release(batch.finished_request_ids)
         step = LaunchedStep(num_requests=len(batch.requests))
         if not batch.requests:
@@ -261,7 +259,6 @@ class ModelRunner:
                 for i in layout.sampling_rows
             ],
             eos_token_ids=[r.eos_token_ids for r in requests],
-            generators=[self._generator(r.request_id, r.sampling_params.seed) for r in requests],
             vocab_size=logits.shape[-1],
             device=self.device,
         ).to_device(self.staging)
@@ -289,15 +286,6 @@ class ModelRunner:
         (targets,) = self.staging.move([np.asarray(request.token_ids[start + 1 : end + 1], dtype=np.int64)])
         tensors = compute_logprobs(torch.log_softmax(logits.float(), dim=-1), targets, num_top)
         step.prompt_logprobs.append(_PromptLogprobsPart(index, start + 1, num_top, tensors.to_host()))
-
-    def _generator(self, request_id: str, seed: int | None) -> torch.Generator | None:
-        if seed is None:
-            return None
-        generator = self.generators.get(request_id)
-        if generator is None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            self.generators[request_id] = generator
-        return generator
 
 
 def _check_float8_cache_support(config: EngineConfig, device: torch.device) -> None:

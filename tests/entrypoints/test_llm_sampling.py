@@ -86,6 +86,14 @@ def test_n_samples_are_indexed_and_differ(llm):
     assert len({tuple(completion.token_ids) for completion in output.outputs}) > 1
 
 
+def test_n_samples_of_the_largest_seed_wrap_around(llm):
+    params = SamplingParams(n=2, temperature=1.0, seed=2**63 - 1, max_tokens=8, ignore_eos=True)
+    (output,) = llm.generate(PROMPT, params, use_tqdm=False)
+    last = generate_one(llm, PROMPT, seeded(2**63 - 1, max_tokens=8)).token_ids
+    wrapped = generate_one(llm, PROMPT, seeded(-(2**63), max_tokens=8)).token_ids
+    assert [completion.token_ids for completion in output.outputs] == [last, wrapped] and last != wrapped
+
+
 def test_greedy_n_samples_are_identical(llm):
     (output,) = llm.generate(PROMPT, SamplingParams(n=4, temperature=0.0, max_tokens=8), use_tqdm=False)
     samples = [completion.token_ids for completion in output.outputs]

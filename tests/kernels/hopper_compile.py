@@ -111,8 +111,12 @@ def compile_all_variants() -> None:
         for block_m in (1, 4):  # one decode row, and the most gemv takes
             constants = flags | {"BLOCK_M": block_m, "BLOCK_N": 8, "BLOCK_K": 512 // block_m, "NUM_STAGES": 3}
             compile_for_hopper(_gemv_kernel, "bf16", constants, 4)
-    argmax_buffers = {"chunk_max_ptr": "*fp32", "chunk_index_ptr": "*i32"}
-    compile_for_hopper(_chunk_argmax_kernel, "bf16", {"TILE": 1024}, 4, pointers=argmax_buffers)
+    argmax_buffers = {"chunk_max_ptr": "*fp32", "chunk_index_ptr": "*i32", "temperature_ptr": "*fp32",
+                      "keys_ptr": "*i64", "counters_ptr": "*i64"}
+    # Greedy, then random sampling with the temperature fused in (bf16) or applied before (float32).
+    for dtype, scale, race in (("bf16", False, False), ("bf16", True, True), ("fp32", False, True)):
+        constants = {"TILE": 1024, "SCALE": scale, "RACE": race}
+        compile_for_hopper(_chunk_argmax_kernel, dtype, constants, 4, pointers=argmax_buffers)
     compile_for_hopper(_row_argmax_kernel, "bf16", {"CHUNKS": 256}, 4, pointers=argmax_buffers | {"out_ptr": "*i64"})
 
 

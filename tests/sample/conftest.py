@@ -3,7 +3,6 @@
 from collections.abc import Callable
 
 import pytest
-import torch
 
 from lmserve.sample import SamplingMetadata
 from lmserve.sampling_params import SamplingParams
@@ -11,7 +10,7 @@ from lmserve.sampling_params import SamplingParams
 
 @pytest.fixture
 def build_metadata() -> Callable[..., SamplingMetadata]:
-    """SamplingMetadata.build on CPU with empty histories, no EOS and no generators unless given."""
+    """SamplingMetadata.build on CPU with empty histories and no EOS unless given."""
 
     def build(
         params: list[SamplingParams],
@@ -19,7 +18,6 @@ def build_metadata() -> Callable[..., SamplingMetadata]:
         prompts: list[list[int]] | None = None,
         outputs: list[list[int]] | None = None,
         eos: list[tuple[int, ...]] | None = None,
-        generators: list[torch.Generator | None] | None = None,
     ) -> SamplingMetadata:
         rows = len(params)
         return SamplingMetadata.build(
@@ -28,7 +26,6 @@ def build_metadata() -> Callable[..., SamplingMetadata]:
             output_token_ids=outputs or [[] for _ in range(rows)],
             num_output_tokens=[len(output) for output in outputs or [[]] * rows],
             eos_token_ids=eos or [() for _ in range(rows)],
-            generators=generators or [None] * rows,
             vocab_size=vocab_size,
             device="cpu",
         )

@@ -18,23 +18,34 @@ def test_default_params_skip_all_optional_work(build_metadata) -> None:
 
 
 def test_greedy_rows_turn_truncation_off(build_metadata) -> None:
-    generator = torch.Generator().manual_seed(0)
     params = [SamplingParams(temperature=0.0, top_k=2, top_p=0.5, min_p=0.1, seed=1), SamplingParams(top_k=20)]
-    metadata = build_metadata(params, vocab_size=8, generators=[generator, None])
+    metadata = build_metadata(params, vocab_size=8)
     assert metadata.all_greedy is False and metadata.all_random is False
     assert metadata.temperature is None and metadata.top_p is None and metadata.min_p is None
     assert metadata.top_k is None  # top_k above the vocabulary keeps everything
-    assert metadata.generators == {}  # a greedy row draws nothing from its generator
+
+
+def test_an_all_greedy_batch_draws_no_noise(build_metadata) -> None:
+    metadata = build_metadata([SamplingParams(temperature=0.0, seed=1)] * 2, vocab_size=8)
+    assert metadata.keys is None and metadata.counters is None
+
+
+def test_noise_keys_are_the_seeds_and_fresh_for_unseeded_rows(build_metadata) -> None:
+    params = [SamplingParams(seed=-5), SamplingParams(), SamplingParams(seed=2**63 - 1), SamplingParams()]
+    outputs = [[1, 2], [], [3], [4, 4, 4]]
+    first, second = (build_metadata(params, vocab_size=8, outputs=outputs) for _ in range(2))
+    assert first.keys[[0, 2]].tolist() == second.keys[[0, 2]].tolist() == [-5, 2**63 - 1]
+    assert first.keys[1] != second.keys[1] and first.keys[3] != second.keys[3] and first.keys[1] != first.keys[3]
+    # A row's counter is the number of tokens it sampled before this one.
+    assert first.counters.tolist() == [2, 0, 1, 3]
 
 
 def test_columns_and_largest_logprobs(build_metadata) -> None:
-    generator = torch.Generator().manual_seed(0)
     params = [SamplingParams(temperature=0.5, top_k=3, logprobs=2), SamplingParams(top_p=0.9, logprobs=5)]
-    metadata = build_metadata(params, vocab_size=8, generators=[None, generator])
+    metadata = build_metadata(params, vocab_size=8)
     assert metadata.temperature.tolist() == [0.5, 1.0]
     assert metadata.top_k.tolist() == [3, 8]
     assert metadata.top_p.tolist() == pytest.approx([1.0, 0.9])
-    assert metadata.generators == {1: generator}
     assert metadata.max_num_logprobs == 5
 
 

@@ -1,5 +1,7 @@
 """The Sampler's deterministic behaviour: greedy choice, logit processing, seeds and logprobs."""
 
+import dataclasses
+
 import torch
 
 from lmserve.sample import Sampler
@@ -67,14 +69,16 @@ def seeded_row_tokens(build_metadata, seed: int, position: int, batch_size: int,
     row_logits = torch.randn(steps, VOCAB_SIZE, generator=torch.Generator().manual_seed(123)) * 0.5
     torch.manual_seed(1000 * position + batch_size)  # the unseeded rows' draws differ in every batch
     params = [SamplingParams(temperature=0.0 if row % 3 == 0 else 0.7, top_k=5) for row in range(batch_size)]
+    for row in range(1, batch_size, 2):
+        params[row] = dataclasses.replace(params[row], seed=row)
     params[position] = SamplingParams(temperature=0.9, top_p=0.95, seed=seed)
-    generators = [torch.Generator().manual_seed(row) if row % 2 else None for row in range(batch_size)]
-    generators[position] = torch.Generator().manual_seed(seed)
     tokens = []
     for step in range(steps):
         logits = torch.randn(batch_size, VOCAB_SIZE) * 3
         logits[position] = row_logits[step]
-        metadata = build_metadata(params, vocab_size=VOCAB_SIZE, generators=generators)
+        # Each row sampled `step` tokens before; the other rows' histories differ in every batch.
+        outputs = [[0] * (step if row == position else row + step) for row in range(batch_size)]
+        metadata = build_metadata(params, vocab_size=VOCAB_SIZE, outputs=outputs)
         tokens.append(Sampler()(logits, metadata).sampled_token_ids[position].item())
     return tokens
 

@@ -4,6 +4,8 @@ Each case computes the target distribution from the definitions in float64, draw
 the Sampler from a batch of identical rows, and checks them with a chi-square test.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,14 @@ def test_top_p_applies_to_distribution_after_top_k(build_metadata) -> None:
     assert np.flatnonzero(probs).tolist() == [0, 1]
     counts = sample_counts(ORDER_LOGITS, SamplingParams(top_k=3, top_p=0.7), build_metadata)
     assert_drawn_from(counts, probs)
+
+
+def test_a_seeded_request_draws_from_the_distribution_token_after_token(build_metadata) -> None:
+    """One seed's successive draws (counters 0, 1, 2, ...) follow the distribution, as unseeded rows do."""
+    params = SamplingParams(temperature=0.7, seed=1234)
+    metadata = build_metadata([params] * NUM_SAMPLES, vocab_size=VOCAB_SIZE)
+    metadata = dataclasses.replace(metadata, counters=torch.arange(NUM_SAMPLES))
+    batch = torch.tensor(RANDOM_LOGITS, dtype=torch.float32).repeat(NUM_SAMPLES, 1)
+    tokens = Sampler()(batch, metadata).sampled_token_ids
+    counts = np.bincount(tokens.numpy(), minlength=VOCAB_SIZE)
+    assert_drawn_from(counts, target_distribution(RANDOM_LOGITS, temperature=0.7))

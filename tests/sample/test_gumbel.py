@@ -1,0 +1,53 @@
+"""The race's counter-based noise: Philox4x32-10 bits, standard Gumbel values, one stream per key and counter."""
+
+import math
+
+import torch
+from scipy.stats import kstest
+
+from lmserve.sample.gumbel import gumbel_noise, gumbel_race, philox_bits
+
+
+def test_philox_matches_the_published_known_answer() -> None:
+    # Random123's known answer for Philox4x32-10 with a zero counter and key: first word 0x6627e8d5.
+    assert philox_bits(torch.tensor([0]), torch.tensor([0]), vocab_size=1).item() == 0x6627E8D5
+
+
+def test_philox_words_stay_32_bit_for_extreme_keys_and_counters() -> None:
+    keys = torch.tensor([-(2**63), -1, 2**63 - 1])
+    counters = torch.tensor([0, 2**40 + 3, 2**63 - 1])
+    bits = philox_bits(keys, counters, vocab_size=1000)
+    assert bits.min() >= 0 and bits.max() < 2**32
+    assert len(set(bits.flatten().tolist())) > 2990  # no stuck words
+
+
+def test_noise_is_standard_gumbel() -> None:
+    noise = gumbel_noise(torch.tensor([11, -7, 2**62]), torch.tensor([0, 5, 1]), vocab_size=40_000).flatten()
+    assert torch.isfinite(noise).all()
+    assert kstest(noise.double().numpy(), "gumbel_r").pvalue > 1e-3
+    assert abs(noise.mean().item() - 0.5772) < 0.01  # the Euler-Mascheroni constant
+    assert abs(noise.var().item() - math.pi**2 / 6) < 0.03
+
+
+def test_one_stream_per_key_and_counter() -> None:
+    keys, counters = torch.tensor([3, 3, 4, 3]), torch.tensor([0, 1, 0, 0])
+    noise = gumbel_noise(keys, counters, vocab_size=4096)
+    assert torch.equal(noise[0], noise[3])  # same key and counter, same draw wherever the row sits
+    assert not torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], noise[2])
+    # Draws of different streams are uncorrelated.
+    assert abs(torch.corrcoef(noise[:3])[0, 1:]).max() < 0.1
+
+
+def test_race_divides_by_the_temperature_before_adding_the_noise() -> None:
+    keys, counters = torch.tensor([1, 2]), torch.tensor([0, 9])
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(0)) * 4
+    temperature = torch.tensor([0.5, 2.0])
+    expected = (logits / temperature[:, None] + gumbel_noise(keys, counters, 50)).argmax(dim=-1)
+    assert torch.equal(gumbel_race(logits, temperature, keys, counters), expected)
+    untempered = (logits + gumbel_noise(keys, counters, 50)).argmax(dim=-1)
+    assert torch.equal(gumbel_race(logits, None, keys, counters), untempered)
+    # A temperature near zero leaves the argmax; -inf logits are never drawn.
+    assert torch.equal(gumbel_race(logits, torch.full((2,), 1e-6), keys, counters), logits.argmax(dim=-1))
+    masked = logits.clone()
+    masked[:, :45] = -torch.inf
+    assert (gumbel_race(masked, None, keys, counters) >= 45).all()
