@@ -43,24 +43,29 @@ def _first_max(values, indices):
 
 
 @triton.jit
-def _gumbel_noise(key, counter, columns):
-    """Standard Gumbel noise for `columns` of a row: lmserve.sample.gumbel.gumbel_noise's bits and formula."""
-    zeros = tl.zeros_like(columns).to(tl.uint32)
+def _gumbel_noise(key, counter, first_column, TILE: tl.constexpr):
+    """Standard Gumbel noise for the TILE columns from `first_column` (a multiple of 4) of a row: the bits
+    and formula of lmserve.sample.gumbel.gumbel_noise, one Philox call for four columns."""
+    quads = first_column // 4 + tl.arange(0, TILE // 4)
+    zeros = tl.zeros_like(quads).to(tl.uint32)
     counter_low, counter_high = (counter & 0xFFFFFFFF).to(tl.uint32), (counter >> 32).to(tl.uint32)
-    bits, _, _, _ = tl.philox(key, columns, zeros + counter_low, zeros + counter_high, zeros)
+    word0, word1, word2, word3 = tl.philox(key, quads, zeros + counter_low, zeros + counter_high, zeros)
+    # Column 4q + j takes word j of quad q: join adds a minor axis, so the outer join's picks vary fastest.
+    bits = tl.reshape(tl.join(tl.join(word0, word2), tl.join(word1, word3)), [TILE])
     uniform = ((bits >> _UNIFORM_SHIFT).to(tl.float32) + 0.5) * _UNIFORM_SCALE
     return -tl.log(-tl.log(uniform))
 
 
 @triton.jit
-def _load_scores(row_logits, columns, vocab_size, temperature, key, counter, SCALE: tl.constexpr,
-                 RACE: tl.constexpr):
+def _load_scores(row_logits, first_column, vocab_size, temperature, key, counter, TILE: tl.constexpr,
+                 SCALE: tl.constexpr, RACE: tl.constexpr):
     """A tile of the row's scores: its logits, divided by the temperature and raced with noise if asked."""
+    columns = first_column + tl.arange(0, TILE)
     values = tl.load(row_logits + columns, mask=columns < vocab_size, other=float("-inf")).to(tl.float32)
     if SCALE:
         values = values / temperature
     if RACE:
-        values += _gumbel_noise(key, counter, columns)
+        values += _gumbel_noise(key, counter, first_column, TILE)
     return values
 
 
@@ -78,15 +83,15 @@ def _chunk_argmax_kernel(
     counter = tl.load(counters_ptr + row) if RACE else 0
     # Each lane keeps the first maximum of its own column stream; a later column replaces it only when
     # strictly larger (or the first NaN), so ties keep the earlier index.
-    columns = chunk * tiles_per_chunk * TILE + tl.arange(0, TILE)
-    best = _load_scores(row_logits, columns, vocab_size, temperature, key, counter, SCALE, RACE)
-    best_index = columns
-    for _ in range(1, tiles_per_chunk):
-        columns += TILE
-        values = _load_scores(row_logits, columns, vocab_size, temperature, key, counter, SCALE, RACE)
+    first_column = chunk * tiles_per_chunk * TILE
+    best = _load_scores(row_logits, first_column, vocab_size, temperature, key, counter, TILE, SCALE, RACE)
+    best_index = first_column + tl.arange(0, TILE)
+    for tile in range(1, tiles_per_chunk):
+        tile_start = first_column + tile * TILE
+        values = _load_scores(row_logits, tile_start, vocab_size, temperature, key, counter, TILE, SCALE, RACE)
         better = (values > best) | ((values != values) & (best == best))
         best = tl.where(better, values, best)
-        best_index = tl.where(better, columns, best_index)
+        best_index = tl.where(better, tile_start + tl.arange(0, TILE), best_index)
     # Padding lanes hold -inf at columns past the row, so a real column always wins their ties.
     value, index = _first_max(best, best_index)
     tl.store(chunk_max_ptr + row * num_chunks + chunk, value)

@@ -3,23 +3,24 @@
 argmax(logits / T + g), with g = -log(-log u) and u uniform, picks token i with probability
 softmax(logits / T)_i (the Gumbel-max trick): no cumulative sum, no host sync, one pass over the row.
 
-The noise is counter-based: token i's u comes from Philox4x32-10 of the counter (i, counter) under the
-row's 64-bit key. A seeded request's key is its seed and its counter the number of tokens it sampled
+The noise is counter-based: token i's u comes from Philox4x32-10 of the counter (i // 4, counter) under
+the row's 64-bit key. A seeded request's key is its seed and its counter the number of tokens it sampled
 before, so its draws depend on nothing else in the batch, and a batch of seeded rows is drawn as one
 vectorised computation, with no generator to keep per request. Unseeded rows get a fresh random key
-each step. This module is the torch path (the CPU's); `lmserve.kernels.argmax` draws the same bits
+each step. This module is the host path (the CPU's); `lmserve.kernels.argmax` draws the same bits
 inside its argmax on the GPU.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 NUM_ROUNDS = 10
-ROUND_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
-KEY_INCREMENTS = (0x9E3779B9, 0xBB67AE85)
 UNIFORM_BITS = 23  # of the 32 drawn: (bits + 0.5) / 2**23 is exact in float32 and strictly inside (0, 1)
-_WORD = 0xFFFFFFFF
+_ROUND_MULTIPLIERS = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
+_KEY_INCREMENTS = (np.uint64(0x9E3779B9), np.uint64(0xBB67AE85))
+_WORD, _SHIFT = np.uint64(0xFFFFFFFF), np.uint64(32)
 
 
 def random_keys(rows: int) -> torch.Tensor:
@@ -28,18 +29,25 @@ def random_keys(rows: int) -> torch.Tensor:
 
 
 def philox_bits(keys: torch.Tensor, counters: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[rows, vocab] int64 holding the first 32-bit word of Philox4x32-10 of the counter words (token,
-    counter low, counter high, 0) under key words (key low, key high), for keys and counters [rows] int64."""
-    columns = torch.arange(vocab_size, dtype=torch.int64, device=keys.device)[None, :]
-    keys, counters = keys[:, None], counters[:, None]
-    c0, c1, c2, c3 = columns, counters & _WORD, (counters >> 32) & _WORD, torch.zeros_like(columns)
-    k0, k1 = keys & _WORD, (keys >> 32) & _WORD
+    """[rows, vocab] int64 of 32-bit words: Philox4x32-10 of the counter words (token // 4, counter low,
+    counter high, 0) under the key words (key low, key high), for keys and counters [rows] int64; token t
+    takes word t % 4 of its call, so one call serves four tokens.
+
+    Computed on the host in numpy's uint64, where a 32 x 32-bit product is exact and wrapping is defined:
+    a few times faster than torch's int64 there, whose products would overflow.
+    """
+    quads = np.arange(-(-vocab_size // 4), dtype=np.uint64)[None, :]
+    keys_bits = keys.cpu().numpy().view(np.uint64)[:, None]
+    counters_bits = counters.cpu().numpy().view(np.uint64)[:, None]
+    c0, c1, c2, c3 = quads, counters_bits & _WORD, counters_bits >> _SHIFT, np.zeros_like(quads)
+    k0, k1 = keys_bits & _WORD, keys_bits >> _SHIFT
     for _ in range(NUM_ROUNDS):
-        high_a, low_a = _multiply_words(c0, ROUND_MULTIPLIERS[0])
-        high_b, low_b = _multiply_words(c2, ROUND_MULTIPLIERS[1])
-        c0, c1, c2, c3 = high_b ^ c1 ^ k0, low_b, high_a ^ c3 ^ k1, low_a
-        k0, k1 = (k0 + KEY_INCREMENTS[0]) & _WORD, (k1 + KEY_INCREMENTS[1]) & _WORD
-    return c0
+        product_a, product_b = c0 * _ROUND_MULTIPLIERS[0], c2 * _ROUND_MULTIPLIERS[1]
+        c0, c1 = (product_b >> _SHIFT) ^ c1 ^ k0, product_b & _WORD
+        c2, c3 = (product_a >> _SHIFT) ^ c3 ^ k1, product_a & _WORD
+        k0, k1 = (k0 + _KEY_INCREMENTS[0]) & _WORD, (k1 + _KEY_INCREMENTS[1]) & _WORD
+    words = np.stack(np.broadcast_arrays(c0, c1, c2, c3), axis=-1).reshape(len(keys_bits), -1)[:, :vocab_size]
+    return torch.from_numpy(words.astype(np.int64)).to(keys.device)
 
 
 def gumbel_noise(keys: torch.Tensor, counters: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -57,11 +65,3 @@ def gumbel_race(
     if temperature is not None:
         scores = scores / temperature[:, None]
     return (scores + gumbel_noise(keys, counters, logits.shape[-1])).argmax(dim=-1)
-
-
-def _multiply_words(words: torch.Tensor, multiplier: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(high, low) 32-bit words of words * multiplier, words < 2**32 in int64. The 16-bit halves of the
-    multiplier keep every partial product below 2**49, so nothing relies on int64 overflow."""
-    low_product = words * (multiplier & 0xFFFF)
-    middle = words * (multiplier >> 16) + (low_product >> 16)
-    return middle >> 16, ((middle & 0xFFFF) << 16) | (low_product & 0xFFFF)

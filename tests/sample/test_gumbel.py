@@ -9,8 +9,10 @@ from lmserve.sample.gumbel import gumbel_noise, gumbel_race, philox_bits
 
 
 def test_philox_matches_the_published_known_answer() -> None:
-    # Random123's known answer for Philox4x32-10 with a zero counter and key: first word 0x6627e8d5.
-    assert philox_bits(torch.tensor([0]), torch.tensor([0]), vocab_size=1).item() == 0x6627E8D5
+    # Random123's known answer for Philox4x32-10 with a zero counter and key, its four words for tokens 0-3.
+    bits = philox_bits(torch.tensor([0]), torch.tensor([0]), vocab_size=6)
+    assert bits[0, :4].tolist() == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    assert bits.shape == (1, 6) and bits[0, 4] not in bits[0, :4]  # tokens 4 and 5 take the next call
 
 
 def test_philox_words_stay_32_bit_for_extreme_keys_and_counters() -> None:
