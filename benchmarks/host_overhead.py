@@ -41,6 +41,7 @@ def timed_parts(engine) -> tuple[collections.Counter, collections.Counter]:
         "runner launch": (runner, "launch"),
         "layout_step": (model_runner, "layout_step"),
         "forward": (runner, "_forward"),
+        "penalty history": (runner.penalty_history, "penalties"),
         "sampling metadata": (metadata.SamplingMetadata, "build"),
         "sampler": (sampler.Sampler, "__call__"),
         "complete (results, scheduler update)": (engine.core, "_complete"),

@@ -16,8 +16,7 @@ class EngineCore:
 
     With `async_scheduling`, a step's GPU work overlaps the host work around it: `step` launches step k,
     and only then waits for step k-1's tokens and turns them into outputs, so the host schedules and
-    prepares while the device computes. Requests whose sampling reads their output tokens (penalties)
-    make the steps run one at a time while they are in the engine.
+    prepares while the device computes.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -43,20 +42,13 @@ class EngineCore:
 
     def step(self) -> list[EngineCoreOutput]:
         """Run one iteration of continuous batching; return what requests got from the last finished step."""
-        outputs = []
-        if self._in_flight is not None and not self._overlaps():
-            outputs = self._complete()
         batch = self.scheduler.schedule()
         launched = self.runner.launch(batch)
-        if self._in_flight is not None:
-            outputs += self._complete()
+        outputs = self._complete() if self._in_flight is not None else []
         self._in_flight = (batch, launched)
-        if not self._overlaps():
+        if not self.config.scheduler.async_scheduling:
             outputs += self._complete()
         return outputs
-
-    def _overlaps(self) -> bool:
-        return self.config.scheduler.async_scheduling and not self.scheduler.needs_output_history
 
     def _complete(self) -> list[EngineCoreOutput]:
         """Wait for the step in flight; advance its requests and report what they got."""

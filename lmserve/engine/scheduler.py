@@ -49,16 +49,9 @@ class Scheduler:
         self.running: list[Request] = []
         self.finished_request_ids: set[str] = set()
         self.num_preemptions = 0
-        self._num_with_penalties = 0
-
-    @property
-    def needs_output_history(self) -> bool:
-        """Whether some request's sampling reads its output tokens, so every one must be known first."""
-        return self._num_with_penalties > 0
 
     def add_request(self, request: Request) -> None:
         self.requests[request.request_id] = request
-        self._num_with_penalties += request.sampling_params.has_penalties
         bisect.insort(self.waiting, request, key=_sort_key)
 
     def abort_request(self, request_id: str) -> Request | None:
@@ -185,7 +178,6 @@ class Scheduler:
         self.kv_cache.free(request)
         request.status = status
         del self.requests[request.request_id]
-        self._num_with_penalties -= request.sampling_params.has_penalties
         self.finished_request_ids.add(request.request_id)
 
 

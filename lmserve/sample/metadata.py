@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -25,6 +25,8 @@ class LogitAdditions:
     Sparse because a request touches a handful of tokens, where a dense [rows, vocab] tensor would
     cost megabytes every step.
     """
+
+    HOST_FIELDS: ClassVar[tuple[str, ...]] = ("row_indices", "token_ids", "values")
 
     row_indices: torch.Tensor  # [n] int64
     token_ids: torch.Tensor  # [n] int64
@@ -76,18 +78,15 @@ class SamplingMetadata:
     def build(
         cls,
         params: list[SamplingParams],
-        prompt_token_ids: list[list[int]],
-        output_token_ids: list[list[int]],
         num_output_tokens: list[int],
         eos_token_ids: list[tuple[int, ...]],
         vocab_size: int,
-        device: torch.device | str,
+        penalties: Penalties | None = None,
     ) -> SamplingMetadata:
-        """Collect the batch's options.
+        """Collect the batch's options; `penalties` come from the model runner, which keeps the seen tokens.
 
         `num_output_tokens[i]` counts the outputs before this step's token (for min_tokens and the noise's
-        counter). Only penalties read `output_token_ids`, and they are built on `device` at once: they need
-        every output known.
+        counter).
         """
         greedy = [p.greedy for p in params]
         all_greedy, all_random = all(greedy), not any(greedy)
@@ -119,28 +118,27 @@ class SamplingMetadata:
                     for p, num_outputs, eos in zip(params, num_output_tokens, eos_token_ids, strict=True)
                 ]
             ),
-            penalties=Penalties.build(params, prompt_token_ids, output_token_ids, vocab_size, device),
+            penalties=penalties,
             max_num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=None),
         )
 
     def to_device(self, move: HostToDevice) -> SamplingMetadata:
         """The same metadata with its host tensors on the device, moved in one asynchronous copy."""
-        columns = ("temperature", "greedy", "top_k", "top_p", "min_p", "keys", "counters")
-        additions = ("logit_bias", "min_tokens_mask")
-        host = [getattr(self, name) for name in columns]
-        for name in additions:
-            part = getattr(self, name)
-            host += [None] * 3 if part is None else [part.row_indices, part.token_ids, part.values]
-        present = [tensor for tensor in host if tensor is not None]
-        if not present:  # all greedy, nothing to add: no copy at all
+        host = {name: getattr(self, name) for name in _HOST_COLUMNS if getattr(self, name) is not None}
+        parts = {name: part for name in ("logit_bias", "min_tokens_mask", "penalties")
+                 if (part := getattr(self, name)) is not None}
+        for name, part in parts.items():
+            host |= {(name, field): getattr(part, field) for field in part.HOST_FIELDS}
+        if not host:  # all greedy, nothing to add: no copy at all
             return self
-        moved = iter(move.move([tensor.numpy() for tensor in present]))
-        on_device = [None if tensor is None else next(moved) for tensor in host]
-        changes = dict(zip(columns, on_device[: len(columns)], strict=True))
-        for index, name in enumerate(additions):
-            parts = on_device[len(columns) + 3 * index : len(columns) + 3 * index + 3]
-            changes[name] = None if parts[0] is None else LogitAdditions(*parts)
+        moved = dict(zip(host, move.move([tensor.numpy() for tensor in host.values()]), strict=True))
+        changes: dict[str, object] = {name: moved[name] for name in _HOST_COLUMNS if name in moved}
+        for name, part in parts.items():
+            changes[name] = dataclasses.replace(part, **{field: moved[name, field] for field in part.HOST_FIELDS})
         return dataclasses.replace(self, **changes)
+
+
+_HOST_COLUMNS = ("temperature", "greedy", "top_k", "top_p", "min_p", "keys", "counters")
 
 
 def _noise_keys(params: list[SamplingParams]) -> torch.Tensor:

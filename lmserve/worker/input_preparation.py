@@ -15,6 +15,7 @@ import torch
 
 from lmserve.attention import AttentionMetadata
 from lmserve.engine.scheduler import SchedulerOutput
+from lmserve.worker.request_rows import RequestRows
 from lmserve.worker.staging import HostToDevice
 
 # A padding row: token 0 at position 0, no cache write (slot -1), a context of one key in block 0.
@@ -134,14 +135,12 @@ class BlockTableRows:
     The scheduler hands over every request's whole list of block ids each step, but a running request gains
     a block only every `block_size` tokens. So a row is written when its request first comes, rewritten when
     its list is a new one (the request was preempted and got new blocks), extended when the list grew, and
-    left alone otherwise; a step's table is one gather of its requests' rows. The rows of requests that
-    left (`release`) are reused.
+    left alone otherwise; a step's table is one gather of its requests' rows.
     """
 
     def __init__(self, num_rows: int = 64, num_columns: int = 64) -> None:
+        self.rows = RequestRows(num_rows)
         self.table = np.zeros((num_rows, num_columns), dtype=np.int64)
-        self._row_of: dict[str, int] = {}
-        self._free_rows = list(range(num_rows - 1, -1, -1))
         # Per row: the id list last written (the block manager only ever appends to it) and how much of it.
         self._written: list[tuple[list[int], int] | None] = [None] * num_rows
 
@@ -149,9 +148,9 @@ class BlockTableRows:
         """The batch's block tables [num_requests, its longest list], padded with 0."""
         rows = np.empty(len(batch.requests), dtype=np.int64)
         for index, (request, ids) in enumerate(zip(batch.requests, batch.block_ids, strict=True)):
-            row = self._row_of.get(request.request_id)
+            row = self.rows.get(request.request_id)
             if row is None:
-                row = self._row_of[request.request_id] = self._take_row()
+                row = self._add(request.request_id)
             written = self._written[row]
             first = written[1] if written is not None and written[0] is ids else 0
             if first < len(ids):
@@ -162,11 +161,15 @@ class BlockTableRows:
 
     def release(self, request_ids: Iterable[str]) -> None:
         """Free the rows of requests that left the engine."""
-        for request_id in request_ids:
-            row = self._row_of.pop(request_id, None)
-            if row is not None:
-                self._written[row] = None
-                self._free_rows.append(row)
+        for row in self.rows.release(request_ids):
+            self._written[row] = None
+
+    def _add(self, request_id: str) -> int:
+        row = self.rows.add(request_id)
+        if self.rows.capacity > self.table.shape[0]:
+            self.table = np.pad(self.table, ((0, self.rows.capacity - self.table.shape[0]), (0, 0)))
+            self._written += [None] * (self.rows.capacity - len(self._written))
+        return row
 
     def _write(self, row: int, ids: list[int], first: int) -> None:
         num_columns = self.table.shape[1]
@@ -176,14 +179,6 @@ class BlockTableRows:
             self.table[row] = 0
         self.table[row, first : len(ids)] = ids[first:]
         self._written[row] = (ids, len(ids))
-
-    def _take_row(self) -> int:
-        if not self._free_rows:
-            num_rows = self.table.shape[0]
-            self.table = np.pad(self.table, ((0, num_rows), (0, 0)))
-            self._written += [None] * num_rows
-            self._free_rows = list(range(2 * num_rows - 1, num_rows - 1, -1))
-        return self._free_rows.pop()
 
 
 def layout_step(batch: SchedulerOutput, block_size: int, block_tables: BlockTableRows | None = None) -> StepLayout:

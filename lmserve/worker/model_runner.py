@@ -20,6 +20,7 @@ from lmserve.sampling_params import SamplingParams
 from lmserve.worker.cuda_graphs import StepGraphs, capture_sizes, token_capture_sizes
 from lmserve.worker.input_preparation import BlockTableRows, StepLayout, layout_step, to_device
 from lmserve.worker.memory import profile_kv_cache_memory, profiling_pass
+from lmserve.worker.penalty_history import PenaltyHistory
 from lmserve.worker.projection_layout import apply_projection_layout
 from lmserve.worker.staging import HostToDevice, start_copy_to_host
 
@@ -88,7 +89,8 @@ class LaunchedStep:
 
 
 class ModelRunner:
-    """Holds the model, its paged KV cache and the sampler.
+    """Holds the model, its paged KV cache, the sampler, and the per-request state kept between steps (block
+    table rows, the penalties' seen tokens).
 
     `launch` queues a step's work without waiting for the device, so the engine can prepare the next
     step meanwhile. A token sampled by one step is fed to the next on the device: the host need not know
@@ -117,6 +119,8 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.graphs: StepGraphs | None = None
         self.block_tables = BlockTableRows(num_rows=config.scheduler.max_num_seqs)
+        # Allocated now, so that the memory profile counts it as memory that stays.
+        self.penalty_history = self._new_penalty_history()
         # The tokens the last launched step sampled (on the device), and each sampling request's row.
         self._last_sampled: torch.Tensor | None = None
         self._last_sample_rows: dict[str, int] = {}
@@ -158,6 +162,10 @@ class ModelRunner:
             )
         return num_blocks
 
+    def _new_penalty_history(self) -> PenaltyHistory:
+        return PenaltyHistory(self.config.model.vocab_size, self.config.scheduler.max_num_seqs, self.device,
+                              self.staging)
+
     def _profile_sampler(self, logits: torch.Tensor) -> None:
         """Sample every row with each costly option on, so the memory profile holds the sampler's peak;
         then greedily and at a temperature alone, so that their kernels compile before serving."""
@@ -166,15 +174,16 @@ class ModelRunner:
             temperature=0.8, top_p=0.9, top_k=50, min_p=0.05, repetition_penalty=1.1, frequency_penalty=0.1,
             presence_penalty=0.1, logprobs=20,
         )
+        history = self._new_penalty_history()  # a scratch one: the requests are made up
         for params in (costly, SamplingParams(temperature=0.0), SamplingParams(temperature=0.8)):
+            batch = [params] * rows
+            penalties = history.penalties([f"profile-{row}" for row in range(rows)], batch, [[0]] * rows)
             metadata = SamplingMetadata.build(
-                params=[params] * rows,
-                prompt_token_ids=[[0]] * rows,
-                output_token_ids=[[0]] * rows,
+                params=batch,
                 num_output_tokens=[1] * rows,
                 eos_token_ids=[()] * rows,
                 vocab_size=logits.shape[-1],
-                device=self.device,
+                penalties=penalties,
             ).to_device(self.staging)
             self.sampler(logits, metadata)
 
@@ -213,6 +222,7 @@ class ModelRunner:
     def launch(self, batch: SchedulerOutput) -> LaunchedStep:
         """Queue the step's forward pass, sampling and result copies; return without waiting for them."""
         self.block_tables.release(batch.finished_request_ids)
+        self.penalty_history.release(batch.finished_request_ids)
         step = LaunchedStep(num_requests=len(batch.requests))
         if not batch.requests:
             return step
@@ -247,12 +257,10 @@ class ModelRunner:
             hidden = hidden[indices]
         logits = self.model.compute_logits(hidden)
         params = [r.sampling_params for r in requests]
-        # Only penalties read the outputs; slicing every request's token list each step would cost O(length).
-        with_penalties = any(p.has_penalties for p in params)
+        penalties = self.penalty_history.penalties([r.request_id for r in requests], params,
+                                                   [r.prompt_token_ids for r in requests])
         metadata = SamplingMetadata.build(
             params=params,
-            prompt_token_ids=[r.prompt_token_ids for r in requests],
-            output_token_ids=[r.output_token_ids if with_penalties else [] for r in requests],
             # The token sampled now follows every computed one: count the outputs before it.
             num_output_tokens=[
                 batch.num_computed_tokens[i] + batch.num_new_tokens[i] - batch.requests[i].num_prompt_tokens
@@ -260,9 +268,11 @@ class ModelRunner:
             ],
             eos_token_ids=[r.eos_token_ids for r in requests],
             vocab_size=logits.shape[-1],
-            device=self.device,
+            penalties=penalties,
         ).to_device(self.staging)
         output = self.sampler(logits, metadata)
+        if metadata.penalties is not None:
+            self.penalty_history.record(metadata.penalties, output.sampled_token_ids)
         self._last_sampled = output.sampled_token_ids
         self._last_sample_rows = {r.request_id: row for row, r in enumerate(requests)}
         step.sampling_rows = layout.sampling_rows

@@ -112,7 +112,7 @@ def generate_all(tiny_models, requests, **options) -> dict:
 @pytest.mark.parametrize("with_penalties", [False, True])
 def test_overlapped_steps_give_the_same_outputs_as_steps_one_at_a_time(tiny_models, with_penalties):
     requests = overlap_workload()
-    if with_penalties:  # penalties read every output token: the engine then steps one at a time
+    if with_penalties:  # penalties read every output token, counted on the device as it is sampled
         requests.append((list(range(3, 9)), SamplingParams(temperature=0.0, max_tokens=8, repetition_penalty=1.5,
                                                            frequency_penalty=0.5, ignore_eos=True)))
     overlapped = generate_all(tiny_models, requests)

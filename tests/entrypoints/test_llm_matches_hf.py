@@ -108,3 +108,23 @@ def test_greedy_matches_hf_with_the_triton_backend(tiny_models, hf_greedy, varia
     ours, _ = run_lmserve(model_dir, prompts, attention_backend="triton")
     assert ours == [hf_greedy(model_dir, variant, p) for p in prompts]
     assert (max(chosen) > 1) == split
+
+
+@pytest.mark.parametrize("preempted", [False, True], ids=["steady", "preempted"])
+def test_repetition_penalty_matches_hf(tiny_models, hf_greedy, preempted):
+    """Seen tokens are counted on the device as they are sampled, with steps overlapped: greedy decoding with
+    a repetition penalty still equals HF's, preemption and recomputation included."""
+    model_dir = tiny_models.get("llama")
+    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    expected = [
+        hf_model.generate(torch.tensor([p]), max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=0,
+                          repetition_penalty=1.8)[0, len(p):].tolist()
+        for p in PROMPTS
+    ]
+    assert expected != [hf_greedy(model_dir, "llama", p) for p in PROMPTS]  # the penalty changes some outputs
+    options = {"max_model_len": 160, "num_kv_blocks": 10} if preempted else {}
+    llm = LLM(str(model_dir), dtype="float32", skip_tokenizer_init=True, max_num_batched_tokens=BUDGET, **options)
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, repetition_penalty=1.8)
+    outputs = llm.generate(PROMPTS, params, use_tqdm=False)
+    assert [output.outputs[0].token_ids for output in outputs] == expected
+    assert (llm.engine.stats().num_preemptions > 0) == preempted
