@@ -5,9 +5,10 @@
 
 With steps overlapped, the GPU hides the host's work only while a step's GPU time is the longer, so this
 is the figure to hold against a GPU step (about 1 ms for Qwen3-0.6B at batch 1, 3 ms at batch 128). It
-runs on the CPU, with a one-layer model of a 512-token vocabulary whose forward and sampling cost little,
-and prints the wall-clock milliseconds per step of the whole step and of each part (parts nest: the
-runner's launch holds the forward and the sampler), then writes JSON.
+runs on the CPU, with a one-layer model of a 512-token vocabulary, and prints the wall-clock milliseconds
+per step of the whole step and of each part (parts nest: the runner's launch holds the forward, the
+penalty history, the sampling metadata and the sampler), then writes JSON. The forward is the CPU
+model's, not the host's overhead, and swings between runs.
 """
 
 from __future__ import annotations
