@@ -105,7 +105,7 @@ def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Te
     if metadata.min_p is not None:
         logits = _apply_min_p(logits, metadata.min_p)
     if metadata.top_k is not None or metadata.top_p is not None:
-        logits = _apply_top_k_top_p(logits, metadata.top_k, metadata.top_p)
+        logits = _apply_top_k_top_p(logits, metadata.top_k, metadata.top_p, metadata.num_candidates)
     return _race(logits, None, metadata)
 
 
@@ -126,21 +126,31 @@ def _apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
 
 
 def _apply_top_k_top_p(
-    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None
+    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None, num_candidates: int
 ) -> torch.Tensor:
     """Keep each row's top_k tokens, then the fewest of those whose probability sums to at least top_p.
 
-    Both work on one descending sort, so top_p sees the distribution already cut by top_k.
+    Both work on the row's `num_candidates` largest logits, in descending order (so top_p sees the
+    distribution already cut by top_k): a top-k of 20 selects 20 of a 150k vocabulary instead of sorting it.
+    The smallest logit a row keeps becomes its cut; a token tied with it stays too.
     """
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    candidates = logits.topk(num_candidates, dim=-1).values
     if top_k is not None:
-        positions = torch.arange(logits.shape[-1], device=logits.device)
-        sorted_logits = sorted_logits.masked_fill(positions >= top_k[:, None], -torch.inf)
+        positions = torch.arange(num_candidates, device=logits.device)
+        candidates = candidates.masked_fill(positions >= top_k[:, None], -torch.inf)
     if top_p is not None:
-        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        probs = torch.softmax(candidates, dim=-1)
         # A token stays if the tokens above it hold less than top_p; the top token (0 above it) always
         # stays. Rows with top_p == 1 are left whole, as a float32 cumsum may reach 1 before the tail.
-        mass_above = sorted_probs.cumsum(dim=-1) - sorted_probs
+        mass_above = probs.cumsum(dim=-1) - probs
         drop = (mass_above >= top_p[:, None]) & (top_p[:, None] < 1.0)
-        sorted_logits = sorted_logits.masked_fill(drop, -torch.inf)
-    return logits.scatter(-1, order, sorted_logits)
+        candidates = candidates.masked_fill(drop, -torch.inf)
+    num_kept = (candidates > -torch.inf).sum(dim=-1, keepdim=True)
+    cut = candidates.gather(-1, (num_kept - 1).clamp(min=0))
+    # Rows that cut nothing keep every token, also those past the candidates.
+    cuts_nothing = torch.ones_like(cut, dtype=torch.bool)
+    if top_k is not None:
+        cuts_nothing &= top_k[:, None] >= logits.shape[-1]
+    if top_p is not None:
+        cuts_nothing &= top_p[:, None] >= 1.0
+    return logits.masked_fill((logits < cut) & ~cuts_nothing, -torch.inf)

@@ -54,7 +54,7 @@ def sample_counts(logits: np.ndarray, params: SamplingParams, build_metadata) ->
 
 def assert_drawn_from(counts: np.ndarray, probs: np.ndarray) -> None:
     assert counts[probs == 0].sum() == 0, "a masked-out token was sampled"
-    expected = probs[probs > 0] * NUM_SAMPLES
+    expected = probs[probs > 0] * counts.sum()
     observed = counts[probs > 0]
     # Chi-square needs about 5 expected draws per bin; pool the rare tokens into one bin.
     rare = expected < 5
@@ -100,3 +100,15 @@ def test_a_seeded_request_draws_from_the_distribution_token_after_token(build_me
     tokens = Sampler()(batch, metadata).sampled_token_ids
     counts = np.bincount(tokens.numpy(), minlength=VOCAB_SIZE)
     assert_drawn_from(counts, target_distribution(RANDOM_LOGITS, temperature=0.7))
+
+
+def test_rows_that_cut_nothing_keep_every_token_beside_rows_that_cut(build_metadata) -> None:
+    """A row's top-k looks at the batch's largest top_k candidates; a row without top-k or top-p keeps the rest."""
+    params = [SamplingParams(top_k=3), SamplingParams(temperature=1.5), SamplingParams(top_k=6, top_p=0.8)]
+    rows = params * (NUM_SAMPLES // 3)
+    torch.manual_seed(0)
+    batch = torch.tensor(RANDOM_LOGITS, dtype=torch.float32).repeat(len(rows), 1)
+    tokens = Sampler()(batch, build_metadata(rows, vocab_size=VOCAB_SIZE)).sampled_token_ids.numpy()
+    for index, options in enumerate([{"top_k": 3}, {"temperature": 1.5}, {"top_k": 6, "top_p": 0.8}]):
+        counts = np.bincount(tokens[index :: len(params)], minlength=VOCAB_SIZE)
+        assert_drawn_from(counts, target_distribution(RANDOM_LOGITS, **options))
