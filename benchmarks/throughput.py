@@ -3,6 +3,7 @@
     python benchmarks/throughput.py --config A                       # lmserve alone
     python benchmarks/throughput.py --config A --peer hf-cb          # and HF continuous batching, same run
     python benchmarks/throughput.py --config my.json --num-prompts 64 --input-len 32 128 --output-len 32 64
+    python benchmarks/throughput.py --config A --sampling '{"temperature": 0.6, "top_p": 0.95, "top_k": 20}'
 
 Weights are random (dummy) and EOS is ignored, so every engine does the same work. Prints a table and
 writes JSON (output tok/s, total tok/s, elapsed, fraction of the physical floor, device, commit, command).
@@ -32,16 +33,18 @@ from benchmarks.workloads import (
 
 
 def run_lmserve(
-    model_dir: str, requests: list[Request], engine_options: dict, trace: dict | None = None
+    model_dir: str, requests: list[Request], engine_options: dict, trace: dict | None = None,
+    sampling: dict | None = None,
 ) -> tuple[float, list[dict]]:
     """Elapsed seconds and the Triton kernels compiled during the timed run; with `trace`, also fills it
-    with where the engine steps' time went."""
+    with where the engine steps' time went. `sampling` holds SamplingParams fields (greedy without)."""
     from lmserve import LLM, SamplingParams
 
     llm = LLM(model_dir, load_format="dummy", skip_tokenizer_init=True, **engine_options)
     warmup = [SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)] * 8
     llm.generate([r.prompt_token_ids for r in requests[:8]], warmup, use_tqdm=False)
-    params = [SamplingParams(temperature=0.0, max_tokens=r.output_len, ignore_eos=True) for r in requests]
+    params = [SamplingParams(**{"temperature": 0.0, **(sampling or {})}, max_tokens=r.output_len, ignore_eos=True)
+              for r in requests]
     steps = _trace_steps(llm.engine) if trace is not None else None
     _synchronize()
     with triton_compiles() as compiles:
@@ -176,8 +179,12 @@ def main() -> None:
     parser.add_argument("--hf-batch-size", type=int, default=64)
     parser.add_argument("--trace", action="store_true", help="record where the engine steps' time goes")
     parser.add_argument("--engine-options", type=json.loads, default={}, help='JSON, e.g. {"max_num_seqs": 256}')
+    parser.add_argument("--sampling", type=json.loads, default={},
+                        help='SamplingParams fields as JSON (default greedy), e.g. {"temperature": 0.6, "top_p": 0.95}')
     parser.add_argument("--out", help="JSON results path (default: benchmarks/results/throughput-<config>.json)")
     args = parser.parse_args()
+    if args.sampling and args.peer:
+        parser.error("the Hugging Face peers decode greedily: --sampling applies to lmserve (and vllm_bench) only")
 
     config = load_config(args.config)
     model_dir = write_model_dir(config)
@@ -189,7 +196,7 @@ def main() -> None:
     floor = floor_seconds(config, requests, bandwidth, kv_element_size(engine_options))
 
     trace = {} if args.trace else None
-    elapsed, compiles = run_lmserve(model_dir, requests, engine_options, trace)
+    elapsed, compiles = run_lmserve(model_dir, requests, engine_options, trace, args.sampling)
     results = {"lmserve": elapsed}
     floors = {"lmserve": floor}
     for peer in args.peer:
@@ -199,7 +206,8 @@ def main() -> None:
     report = {
         **environment(),
         "workload": {"config": args.config, "num_prompts": args.num_prompts, "input_len": args.input_len,
-                     "output_len": args.output_len, "seed": args.seed, "output_tokens": num_output},
+                     "output_len": args.output_len, "seed": args.seed, "output_tokens": num_output,
+                     "sampling": args.sampling},
         "engine_options": engine_options,
         "bandwidth_bytes_per_s": bandwidth,
         "floor_seconds": floor,

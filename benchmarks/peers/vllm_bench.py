@@ -38,14 +38,17 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128, help="of the latency prompts")
     parser.add_argument("--output-len", type=int, default=512, help="of the latency requests")
     parser.add_argument("--kv-cache-dtype", default="auto", help="auto or fp8, as vLLM's option")
+    parser.add_argument("--sampling", type=json.loads, default={},
+                        help="SamplingParams fields as JSON for the throughput workload (default greedy)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    def generate(prompts: list[list[int]], output_lens: list[int]) -> float:
-        params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, detokenize=False) for n in output_lens]
+    def generate(prompts: list[list[int]], output_lens: list[int], sampling: dict | None = None) -> float:
+        fields = {"temperature": 0, **(sampling or {})}
+        params = [SamplingParams(**fields, max_tokens=n, ignore_eos=True, detokenize=False) for n in output_lens]
         start = time.perf_counter()
         llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return time.perf_counter() - start
@@ -57,7 +60,7 @@ def main() -> None:
     bandwidth = measure_copy_bandwidth()
     requests = make_requests(args.num_prompts, (100, 1024), (100, 1024), args.seed)
     generate([r.prompt_token_ids for r in requests[:8]], [16] * 8)  # warm-up
-    elapsed = generate([r.prompt_token_ids for r in requests], [r.output_len for r in requests])
+    elapsed = generate([r.prompt_token_ids for r in requests], [r.output_len for r in requests], args.sampling)
     num_output = sum(r.output_len for r in requests)
     floor = floor_seconds(config, requests, bandwidth, kv_bytes)
 
@@ -73,7 +76,7 @@ def main() -> None:
         **environment(), "engine": "vllm 0.26.0", "kv_cache_dtype": args.kv_cache_dtype,
         "bandwidth_bytes_per_s": bandwidth,
         "throughput": {"workload": {"config": args.config, "num_prompts": args.num_prompts, "seed": args.seed,
-                                    "output_tokens": num_output},
+                                    "output_tokens": num_output, "sampling": args.sampling},
                        "elapsed_s": elapsed, "output_tokens_per_s": num_output / elapsed,
                        "fraction_of_floor": floor / elapsed},
         "latency": {"input_len": args.input_len, "output_len": args.output_len, "results": latency},
