@@ -62,8 +62,8 @@ def _load_scores(row_logits, first_column, vocab_size, temperature, key, counter
     """A tile of the row's scores: its logits, divided by the temperature and raced with noise if asked."""
     columns = first_column + tl.arange(0, TILE)
     values = tl.load(row_logits + columns, mask=columns < vocab_size, other=float("-inf")).to(tl.float32)
-    if SCALE:
-        values = values / temperature
+    if SCALE:  # rounded as torch divides, so a row's scores do not depend on which path divided them
+        values = tl.math.div_rn(values, temperature)
     if RACE:
         values += _gumbel_noise(key, counter, first_column, TILE)
     return values
@@ -125,7 +125,8 @@ def gumbel_race(
     tile: int = TILE,
     target_programs: int = TARGET_PROGRAMS,
 ) -> torch.Tensor:
-    """Random tokens: lmserve.sample.gumbel.gumbel_race (the same noise bits) in one pass over the logits.
+    """Random tokens: lmserve.sample.gumbel.gumbel_race (the same noise bits, the logarithms within an ulp) in
+    one pass over the logits.
 
     `temperature` ([rows] float32, or None for 1), `keys` and `counters` ([rows] int64) are on the logits'
     device.
@@ -157,6 +158,7 @@ def _two_stage_argmax(
     chunk_max = torch.empty(num_rows, num_chunks, dtype=torch.float32, device=logits.device)
     chunk_index = torch.empty(num_rows, num_chunks, dtype=torch.int32, device=logits.device)
     race = keys is not None
+    # A pointer the variant never reads gets the logits' as a stand-in.
     _chunk_argmax_kernel[(num_rows, num_chunks)](
         logits, logits if temperature is None else temperature, keys if race else logits,
         counters if race else logits, chunk_max, chunk_index, vocab_size, logits.stride(0), tiles_per_chunk,

@@ -17,7 +17,10 @@ import numpy as np
 import torch
 
 NUM_ROUNDS = 10
-UNIFORM_BITS = 23  # of the 32 drawn: (bits + 0.5) / 2**23 is exact in float32 and strictly inside (0, 1)
+# Of the 32 bits drawn: (bits + 0.5) / 2**23 is exact in float32 and strictly inside (0, 1). The noise then
+# lies in [-2.8, 16.6], so a token more than 19.4 below its row's best score is never drawn: one whose
+# probability is below e**-19.4 = 4e-9 of the best's.
+UNIFORM_BITS = 23
 _ROUND_MULTIPLIERS = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
 _KEY_INCREMENTS = (np.uint64(0x9E3779B9), np.uint64(0xBB67AE85))
 _WORD, _SHIFT = np.uint64(0xFFFFFFFF), np.uint64(32)

@@ -58,6 +58,8 @@ class SamplingMetadata:
     makes the per-row tensors on the host; `to_device` moves them without making the host wait.
     """
 
+    HOST_FIELDS: ClassVar[tuple[str, ...]] = ("temperature", "greedy", "top_k", "top_p", "min_p", "keys", "counters")
+
     temperature: torch.Tensor | None  # [rows] float32; 1.0 where off and on greedy rows
     greedy: torch.Tensor | None  # [rows] bool; None when every row is greedy or none is
     all_greedy: bool
@@ -131,7 +133,7 @@ class SamplingMetadata:
 
     def to_device(self, move: HostToDevice) -> SamplingMetadata:
         """The same metadata with its host tensors on the device, moved in one asynchronous copy."""
-        host = {name: getattr(self, name) for name in _HOST_COLUMNS if getattr(self, name) is not None}
+        host = {name: getattr(self, name) for name in self.HOST_FIELDS if getattr(self, name) is not None}
         parts = {name: part for name in ("logit_bias", "min_tokens_mask", "penalties")
                  if (part := getattr(self, name)) is not None}
         for name, part in parts.items():
@@ -139,13 +141,10 @@ class SamplingMetadata:
         if not host:  # all greedy, nothing to add: no copy at all
             return self
         moved = dict(zip(host, move.move([tensor.numpy() for tensor in host.values()]), strict=True))
-        changes: dict[str, object] = {name: moved[name] for name in _HOST_COLUMNS if name in moved}
+        changes: dict[str, object] = {name: moved[name] for name in self.HOST_FIELDS if name in moved}
         for name, part in parts.items():
             changes[name] = dataclasses.replace(part, **{field: moved[name, field] for field in part.HOST_FIELDS})
         return dataclasses.replace(self, **changes)
-
-
-_HOST_COLUMNS = ("temperature", "greedy", "top_k", "top_p", "min_p", "keys", "counters")
 
 
 def _noise_keys(params: list[SamplingParams]) -> torch.Tensor:

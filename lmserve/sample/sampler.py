@@ -112,10 +112,10 @@ def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Te
 def _race(logits: torch.Tensor, temperature: torch.Tensor | None, metadata: SamplingMetadata) -> torch.Tensor:
     """One pass: on CUDA in the argmax kernel, which draws the noise as it reads the logits."""
     if _on_gpu(logits):
-        from lmserve.kernels.argmax import gumbel_race as race  # needs triton: import on demand
-    else:
-        race = gumbel_race
-    return race(logits, temperature, metadata.keys, metadata.counters)
+        from lmserve.kernels import argmax as kernels  # needs triton: import on demand
+
+        return kernels.gumbel_race(logits, temperature, metadata.keys, metadata.counters)
+    return gumbel_race(logits, temperature, metadata.keys, metadata.counters)
 
 
 def _apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:

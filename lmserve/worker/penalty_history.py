@@ -24,7 +24,8 @@ class PenaltyHistory:
 
     def __init__(self, vocab_size: int, num_rows: int, device: torch.device, move: HostToDevice) -> None:
         self.rows = RequestRows(num_rows)
-        self.move = move
+        self.staging = move
+        self._true = torch.ones((), dtype=torch.bool, device=device)  # on the device: writing it needs no copy
         self.prompt_mask = torch.zeros(num_rows + 1, vocab_size, dtype=torch.bool, device=device)
         self.output_counts = torch.zeros(num_rows + 1, vocab_size, dtype=torch.float32, device=device)
 
@@ -71,18 +72,19 @@ class PenaltyHistory:
         self.rows.release(request_ids)
 
     def _start_rows(self, table_rows: list[int], prompts: list[list[int]]) -> None:
-        """Clear the new requests' rows and mark their prompts' tokens, in one copy to the device."""
+        """Clear the new requests' rows and mark their prompts' tokens: one copy to the device, and no write
+        of a host value (that would make the host wait for the GPU)."""
         if self.rows.capacity + 1 > self.output_counts.shape[0]:
             self.prompt_mask = _grown(self.prompt_mask, self.rows.capacity + 1)
             self.output_counts = _grown(self.output_counts, self.rows.capacity + 1)
         prompt_rows = np.repeat(np.asarray(table_rows, dtype=np.int64), [len(prompt) for prompt in prompts])
         prompt_ids = np.fromiter((token for prompt in prompts for token in prompt), dtype=np.int64,
                                  count=len(prompt_rows))
-        rows, prompt_rows, prompt_ids = self.move.move([np.asarray(table_rows, dtype=np.int64), prompt_rows,
-                                                        prompt_ids])
-        self.output_counts[rows] = 0
-        self.prompt_mask[rows] = False
-        self.prompt_mask[prompt_rows, prompt_ids] = True
+        rows, prompt_rows, prompt_ids = self.staging.move([np.asarray(table_rows, dtype=np.int64), prompt_rows,
+                                                           prompt_ids])
+        self.output_counts.index_fill_(0, rows, 0)
+        self.prompt_mask.index_fill_(0, rows, False)
+        self.prompt_mask.index_put_((prompt_rows, prompt_ids), self._true)
 
 
 def _grown(table: torch.Tensor, num_rows: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 _ALIGNMENT = 16  # bytes: every array starts aligned, so its device view is valid for any element type
-_RING_SIZE = 8  # buffers in the ring; a step makes at most a few calls
+_RING_SIZE = 16  # buffers in the ring: a step makes up to five calls, so a buffer comes back after 3 steps
 
 
 class _PinnedBuffer:

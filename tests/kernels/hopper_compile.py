@@ -113,8 +113,8 @@ def compile_all_variants() -> None:
             compile_for_hopper(_gemv_kernel, "bf16", constants, 4)
     argmax_buffers = {"chunk_max_ptr": "*fp32", "chunk_index_ptr": "*i32", "temperature_ptr": "*fp32",
                       "keys_ptr": "*i64", "counters_ptr": "*i64"}
-    # Greedy, then random sampling with the temperature fused in (bf16) or applied before (float32).
-    for dtype, scale, race in (("bf16", False, False), ("bf16", True, True), ("fp32", False, True)):
+    # Greedy or random sampling, the temperature divided in the kernel or not, on the model's dtype or float32.
+    for dtype, (scale, race) in itertools.product(("bf16", "fp32"), ((False, False), (True, True), (False, True))):
         constants = {"TILE": 1024, "SCALE": scale, "RACE": race}
         compile_for_hopper(_chunk_argmax_kernel, dtype, constants, 4, pointers=argmax_buffers)
     compile_for_hopper(_row_argmax_kernel, "bf16", {"CHUNKS": 256}, 4, pointers=argmax_buffers | {"out_ptr": "*i64"})

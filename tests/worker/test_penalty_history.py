@@ -91,3 +91,26 @@ def test_growth_keeps_the_rows_already_given() -> None:
     assert history.rows.capacity >= 3 and second.output_counts.shape[0] > first.output_counts.shape[0]
     assert second.output_counts[second.rows].tolist() == [[0, 0, 0, 1] + [0] * 8, [0] * 12, [0] * 12]
     assert dataclasses.replace(second, rows=second.rows[:1]).apply(torch.zeros(1, VOCAB_SIZE))[0, 3] == -1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_penalties_never_make_the_host_wait() -> None:
+    """Steps with penalties overlap: giving rows, sampling with the tables and counting never synchronise."""
+    from lmserve.sample import Sampler, SamplingMetadata
+
+    device = torch.device("cuda")
+    history = PenaltyHistory(VOCAB_SIZE, 2, device, HostToDevice(device))
+    params = [SamplingParams(repetition_penalty=1.3, frequency_penalty=0.2, temperature=0.7), SamplingParams()]
+    logits = torch.randn(2, VOCAB_SIZE, device=device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(3):  # the first step gives the rows, the next ones reuse them
+            penalties = history.penalties(["a", "b"], params, [[1, 2, 3], [4]])
+            metadata = SamplingMetadata.build(params, [step, step], [(), ()], VOCAB_SIZE, penalties).to_device(
+                history.staging)
+            history.record(metadata.penalties, Sampler()(logits, metadata).sampled_token_ids)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert history.output_counts.sum().item() == 3
