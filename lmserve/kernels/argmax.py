@@ -32,7 +32,7 @@ _UNIFORM_SCALE = tl.constexpr(2.0**-UNIFORM_BITS)
 
 
 @triton.jit
-def _first_max(values, indices):
+def first_max(values, indices):
     """(max, first index holding it) of a 1-D block, with NaN above everything, as torch.argmax ranks."""
     is_nan = values != values
     has_nan = tl.max(is_nan.to(tl.int32), axis=0) > 0
@@ -43,13 +43,14 @@ def _first_max(values, indices):
 
 
 @triton.jit
-def _gumbel_noise(key, counter, first_column, TILE: tl.constexpr):
+def gumbel_noise(key, counter, stream, first_column, TILE: tl.constexpr):
     """Standard Gumbel noise for the TILE columns from `first_column` (a multiple of 4) of a row: the bits
     and formula of lmserve.sample.gumbel.gumbel_noise, one Philox call for four columns."""
     quads = first_column // 4 + tl.arange(0, TILE // 4)
     zeros = tl.zeros_like(quads).to(tl.uint32)
     counter_low, counter_high = (counter & 0xFFFFFFFF).to(tl.uint32), (counter >> 32).to(tl.uint32)
-    word0, word1, word2, word3 = tl.philox(key, quads, zeros + counter_low, zeros + counter_high, zeros)
+    words = tl.philox(key, quads, zeros + counter_low, zeros + counter_high, zeros + stream)
+    word0, word1, word2, word3 = words
     # Column 4q + j takes word j of quad q: join adds a minor axis, so the outer join's picks vary fastest.
     bits = tl.reshape(tl.join(tl.join(word0, word2), tl.join(word1, word3)), [TILE])
     uniform = ((bits >> _UNIFORM_SHIFT).to(tl.float32) + 0.5) * _UNIFORM_SCALE
@@ -65,7 +66,7 @@ def _load_scores(row_logits, first_column, vocab_size, temperature, key, counter
     if SCALE:  # rounded as torch divides, so a row's scores do not depend on which path divided them
         values = tl.math.div_rn(values, temperature)
     if RACE:
-        values += _gumbel_noise(key, counter, first_column, TILE)
+        values += gumbel_noise(key, counter, 0, first_column, TILE)
     return values
 
 
@@ -93,7 +94,7 @@ def _chunk_argmax_kernel(
         best = tl.where(better, values, best)
         best_index = tl.where(better, tile_start + tl.arange(0, TILE), best_index)
     # Padding lanes hold -inf at columns past the row, so a real column always wins their ties.
-    value, index = _first_max(best, best_index)
+    value, index = first_max(best, best_index)
     tl.store(chunk_max_ptr + row * num_chunks + chunk, value)
     tl.store(chunk_index_ptr + row * num_chunks + chunk, index)
 
@@ -105,7 +106,7 @@ def _row_argmax_kernel(chunk_max_ptr, chunk_index_ptr, out_ptr, num_chunks, CHUN
     mask = chunks < num_chunks
     values = tl.load(chunk_max_ptr + row * num_chunks + chunks, mask=mask, other=float("-inf"))
     indices = tl.load(chunk_index_ptr + row * num_chunks + chunks, mask=mask, other=_NO_INDEX)
-    _, index = _first_max(values, indices)
+    _, index = first_max(values, indices)
     tl.store(out_ptr + row, index.to(tl.int64))
 
 

@@ -66,9 +66,7 @@ class SamplingMetadata:
     all_random: bool
     top_k: torch.Tensor | None  # [rows] int64; vocab_size where off
     top_p: torch.Tensor | None  # [rows] float32; 1.0 where off
-    # How many of its largest logits a row's top-k/top-p cut looks at: the largest top_k of the rows that cut,
-    # the whole vocabulary if one of them has top_p without top_k; None when no row cuts.
-    num_candidates: int | None
+    num_candidates: int | None  # the largest top_k that cuts (below the vocabulary); None when none does
     min_p: torch.Tensor | None  # [rows] float32; 0.0 where off
     # The race's noise (lmserve.sample.gumbel): a seeded row's key is its seed and its counter the outputs
     # it sampled before; an unseeded row gets a fresh random key each step. None when every row is greedy.
@@ -106,9 +104,6 @@ class SamplingMetadata:
             return torch.tensor(values, dtype=dtype)
 
         top_k = [vocab_size if p.top_k == -1 else min(p.top_k, vocab_size) for p in params]
-        cutting_top_k = [
-            k for k, p in zip(top_k, params, strict=True) if not p.greedy and (k < vocab_size or p.top_p < 1)
-        ]
         return cls(
             temperature=random_rows_column([p.temperature for p in params], off=1.0, dtype=torch.float32),
             greedy=None if all_greedy or all_random else torch.tensor(greedy, dtype=torch.bool),
@@ -116,7 +111,8 @@ class SamplingMetadata:
             all_random=all_random,
             top_k=random_rows_column(top_k, off=vocab_size, dtype=torch.int64),
             top_p=random_rows_column([p.top_p for p in params], off=1.0, dtype=torch.float32),
-            num_candidates=max(cutting_top_k, default=None),
+            num_candidates=max((k for k, p in zip(top_k, params, strict=True) if not p.greedy and k < vocab_size),
+                               default=None),
             min_p=random_rows_column([p.min_p for p in params], off=0.0, dtype=torch.float32),
             keys=None if all_greedy else _noise_keys(params),
             counters=None if all_greedy else torch.tensor(num_output_tokens, dtype=torch.int64),

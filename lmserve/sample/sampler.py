@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmserve.sample.gumbel import gumbel_race
+from lmserve.sample.gumbel import gumbel_race, top_p_race
 from lmserve.sample.logprobs import LogprobsTensors, compute_logprobs
 from lmserve.sample.metadata import SamplingMetadata
 
@@ -93,9 +93,9 @@ def _greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-    """Apply temperature, min_p, top_k and top_p, then race the tokens (lmserve.sample.gumbel).
+    """Apply temperature, min_p and top_k, then race the tokens (lmserve.sample.gumbel), in the nucleus with top_p.
 
-    With no truncation the race divides by the temperature itself, so the logits are read once.
+    With nothing to cut, the race divides by the temperature itself, so the logits are read once.
     """
     if metadata.min_p is None and metadata.top_k is None and metadata.top_p is None:
         return _race(logits, metadata.temperature, metadata)
@@ -104,8 +104,10 @@ def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Te
         logits = logits / metadata.temperature[:, None]
     if metadata.min_p is not None:
         logits = _apply_min_p(logits, metadata.min_p)
-    if metadata.top_k is not None or metadata.top_p is not None:
-        logits = _apply_top_k_top_p(logits, metadata.top_k, metadata.top_p, metadata.num_candidates)
+    if metadata.top_k is not None:
+        logits = _apply_top_k(logits, metadata.top_k, metadata.num_candidates)
+    if metadata.top_p is not None:
+        return _top_p_race(logits, metadata)
     return _race(logits, None, metadata)
 
 
@@ -118,6 +120,15 @@ def _race(logits: torch.Tensor, temperature: torch.Tensor | None, metadata: Samp
     return gumbel_race(logits, temperature, metadata.keys, metadata.counters)
 
 
+def _top_p_race(scores: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+    """Draws in each row's nucleus by rejection, no sort: on CUDA one program per row."""
+    if _on_gpu(scores):
+        from lmserve.kernels import top_p as kernels  # needs triton: import on demand
+
+        return kernels.top_p_race(scores, metadata.top_p, metadata.keys, metadata.counters)
+    return top_p_race(scores, metadata.top_p, metadata.keys, metadata.counters)
+
+
 def _apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     """Drop tokens less likely than min_p times the most likely token's probability."""
     probs = torch.softmax(logits, dim=-1)
@@ -125,32 +136,13 @@ def _apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, -torch.inf)
 
 
-def _apply_top_k_top_p(
-    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None, num_candidates: int
-) -> torch.Tensor:
-    """Keep each row's top_k tokens, then the fewest of those whose probability sums to at least top_p.
+def _apply_top_k(logits: torch.Tensor, top_k: torch.Tensor, num_candidates: int) -> torch.Tensor:
+    """Keep each row's top_k tokens (a token tied with the last one stays too).
 
-    Both work on the row's `num_candidates` largest logits, in descending order (so top_p sees the
-    distribution already cut by top_k): a top-k of 20 selects 20 of a 150k vocabulary instead of sorting it.
-    The smallest logit a row keeps becomes its cut; a token tied with it stays too.
+    The cut is found among the batch's `num_candidates` largest logits (its largest top_k): selecting 20 of a
+    150k vocabulary instead of sorting it. Rows without top-k keep every token.
     """
     candidates = logits.topk(num_candidates, dim=-1).values
-    if top_k is not None:
-        positions = torch.arange(num_candidates, device=logits.device)
-        candidates = candidates.masked_fill(positions >= top_k[:, None], -torch.inf)
-    if top_p is not None:
-        probs = torch.softmax(candidates, dim=-1)
-        # A token stays if the tokens above it hold less than top_p; the top token (0 above it) always
-        # stays. Rows with top_p == 1 are left whole, as a float32 cumsum may reach 1 before the tail.
-        mass_above = probs.cumsum(dim=-1) - probs
-        drop = (mass_above >= top_p[:, None]) & (top_p[:, None] < 1.0)
-        candidates = candidates.masked_fill(drop, -torch.inf)
-    num_kept = (candidates > -torch.inf).sum(dim=-1, keepdim=True)
-    cut = candidates.gather(-1, (num_kept - 1).clamp(min=0))
-    # Rows that cut nothing keep every token, also those past the candidates.
-    cuts_nothing = torch.ones_like(cut, dtype=torch.bool)
-    if top_k is not None:
-        cuts_nothing &= top_k[:, None] >= logits.shape[-1]
-    if top_p is not None:
-        cuts_nothing &= top_p[:, None] >= 1.0
-    return logits.masked_fill((logits < cut) & ~cuts_nothing, -torch.inf)
+    cut = candidates.gather(-1, top_k.clamp(max=num_candidates)[:, None] - 1)
+    cuts = top_k[:, None] < logits.shape[-1]
+    return logits.masked_fill((logits < cut) & cuts, -torch.inf)

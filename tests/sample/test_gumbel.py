@@ -5,7 +5,7 @@ import math
 import torch
 from scipy.stats import kstest
 
-from lmserve.sample.gumbel import gumbel_noise, gumbel_race, philox_bits
+from lmserve.sample.gumbel import gumbel_noise, gumbel_race, philox_bits, top_p_race
 
 
 def test_philox_matches_the_published_known_answer() -> None:
@@ -53,3 +53,14 @@ def test_race_divides_by_the_temperature_before_adding_the_noise() -> None:
     masked = logits.clone()
     masked[:, :45] = -torch.inf
     assert (gumbel_race(masked, None, keys, counters) >= 45).all()
+
+
+def test_top_p_race_keeps_the_plain_race_where_top_p_is_one_and_the_top_token_where_the_nucleus_is_one() -> None:
+    scores = torch.randn(3, 300, generator=torch.Generator().manual_seed(1))
+    scores[2, 7] = 30.0  # row 2's top token holds nearly all the probability
+    keys, counters = torch.tensor([5, 6, 7]), torch.tensor([0, 1, 2])
+    tokens = top_p_race(scores, torch.tensor([1.0, 1.0, 0.5]), keys, counters)
+    assert tokens[:2].tolist() == gumbel_race(scores[:2], None, keys[:2], counters[:2]).tolist()
+    assert tokens[2] == 7
+    # Later rounds draw other noise streams.
+    assert not torch.equal(gumbel_noise(keys, counters, 300, stream=1), gumbel_noise(keys, counters, 300))

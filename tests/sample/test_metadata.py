@@ -40,13 +40,13 @@ def test_noise_keys_are_the_seeds_and_fresh_for_unseeded_rows(build_metadata) ->
     assert first.counters.tolist() == [2, 0, 1, 3]
 
 
-def test_top_k_and_top_p_look_at_the_largest_top_k_of_the_rows_that_cut(build_metadata) -> None:
+def test_top_k_looks_at_the_largest_top_k_that_cuts(build_metadata) -> None:
     def candidates(*params: SamplingParams) -> int | None:
         return build_metadata(list(params), vocab_size=100).num_candidates
 
     assert candidates(SamplingParams(), SamplingParams(top_k=20, temperature=0.0)) is None  # greedy rows cut nothing
     assert candidates(SamplingParams(top_k=20), SamplingParams(top_k=5, top_p=0.9), SamplingParams()) == 20
-    assert candidates(SamplingParams(top_k=20), SamplingParams(top_p=0.9)) == 100  # top_p alone sees every token
+    assert candidates(SamplingParams(top_k=20), SamplingParams(top_p=0.9)) == 20  # top_p needs no candidates
     assert candidates(SamplingParams(top_k=500)) is None  # a top_k past the vocabulary cuts nothing
 
 

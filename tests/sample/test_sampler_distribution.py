@@ -112,3 +112,12 @@ def test_rows_that_cut_nothing_keep_every_token_beside_rows_that_cut(build_metad
     for index, options in enumerate([{"top_k": 3}, {"temperature": 1.5}, {"top_k": 6, "top_p": 0.8}]):
         counts = np.bincount(tokens[index :: len(params)], minlength=VOCAB_SIZE)
         assert_drawn_from(counts, target_distribution(RANDOM_LOGITS, **options))
+
+
+def test_a_small_top_p_over_a_flat_distribution_rejects_its_way_to_the_nucleus(build_metadata) -> None:
+    """Most first draws fall outside a 2-token nucleus of 20 near-equal tokens: later rounds must still draw
+    each nucleus token in proportion to its probability."""
+    logits = np.linspace(0.3, 0.0, VOCAB_SIZE)
+    probs = target_distribution(logits, top_p=0.1)
+    assert np.count_nonzero(probs) == 2
+    assert_drawn_from(sample_counts(logits, SamplingParams(top_p=0.1), build_metadata), probs)
