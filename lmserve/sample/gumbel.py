@@ -94,7 +94,8 @@ def top_p_race(scores: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor, co
         drawn = raced.masked_fill(scores <= pivot[:, None], -torch.inf).argmax(dim=-1)
         drawn_score = scores.gather(-1, drawn[:, None])
         mass_above = (weights * (scores > drawn_score)).sum(dim=-1) / total
-        kept = searching & ((mass_above < top_p) | (top_p >= 1.0))
+        # Nothing above: a top token, in every nucleus (also when top_p rounded to 0 in float32).
+        kept = searching & ((mass_above < top_p) | (top_p >= 1.0) | (mass_above == 0))
         tokens = torch.where(kept, drawn, tokens)
         searching &= ~kept
         pivot = drawn_score[:, 0]

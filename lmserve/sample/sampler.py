@@ -140,7 +140,8 @@ def _apply_top_k(logits: torch.Tensor, top_k: torch.Tensor, num_candidates: int)
     """Keep each row's top_k tokens (a token tied with the last one stays too).
 
     The cut is found among the batch's `num_candidates` largest logits (its largest top_k): selecting 20 of a
-    150k vocabulary instead of sorting it. Rows without top-k keep every token.
+    150k vocabulary instead of sorting it. Rows without top-k keep every token. Tokens tied with the cut also
+    count towards a top-p after it.
     """
     candidates = logits.topk(num_candidates, dim=-1).values
     cut = candidates.gather(-1, top_k.clamp(max=num_candidates)[:, None] - 1)

@@ -42,3 +42,13 @@ def test_on_a_gpu_a_real_vocabulary() -> None:
     scores, keys, counters = race_inputs(64, 151936, seed=3)
     top_p = torch.rand(64, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     assert torch.equal(top_p_race(scores, top_p, keys, counters), gumbel.top_p_race(scores, top_p, keys, counters))
+
+
+def test_a_top_p_that_rounds_to_zero_draws_as_the_host_path() -> None:
+    scores, keys, counters = race_inputs(4, 100, seed=5)
+    scores[:, [7, 9]] = 10.0
+    top_p = torch.zeros(4, device=DEVICE)
+    for step in range(4):
+        tokens = top_p_race(scores, top_p, keys, counters + step, tile=16)
+        assert torch.equal(tokens, gumbel.top_p_race(scores, top_p, keys, counters + step))
+        assert set(tokens.tolist()) <= {7, 9}

@@ -64,3 +64,11 @@ def test_top_p_race_keeps_the_plain_race_where_top_p_is_one_and_the_top_token_wh
     assert tokens[2] == 7
     # Later rounds draw other noise streams.
     assert not torch.equal(gumbel_noise(keys, counters, 300, stream=1), gumbel_noise(keys, counters, 300))
+
+
+def test_a_top_p_that_rounds_to_zero_still_draws_among_the_top_tokens() -> None:
+    scores = torch.zeros(1, 50)
+    scores[0, [7, 9]] = 5.0  # two tied top tokens: the nucleus of any top_p
+    top_p = torch.tensor([1e-50], dtype=torch.float32)  # 0.0 in float32
+    drawn = {top_p_race(scores, top_p, torch.tensor([3]), torch.tensor([step])).item() for step in range(40)}
+    assert drawn == {7, 9}
