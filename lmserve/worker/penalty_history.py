@@ -22,9 +22,9 @@ class PenaltyHistory:
     leaves the engine.
     """
 
-    def __init__(self, vocab_size: int, num_rows: int, device: torch.device, move: HostToDevice) -> None:
+    def __init__(self, vocab_size: int, num_rows: int, device: torch.device, staging: HostToDevice) -> None:
         self.rows = RequestRows(num_rows)
-        self.staging = move
+        self.staging = staging
         self._true = torch.ones((), dtype=torch.bool, device=device)  # on the device: writing it needs no copy
         self.prompt_mask = torch.zeros(num_rows + 1, vocab_size, dtype=torch.bool, device=device)
         self.output_counts = torch.zeros(num_rows + 1, vocab_size, dtype=torch.float32, device=device)
