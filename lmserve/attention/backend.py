@@ -55,7 +55,9 @@ class Rotation:
 
 class AttentionBackend(Protocol):
     """Rotates a step's queries and keys (given a `Rotation`), writes its new keys and values into the
-    cache, then attends over each request's context.
+    cache, then attends over each request's context (`forward`); or only attends, when the step's keys and
+    values are already in the cache and its queries rotated (`attend`: the model fused those steps into its
+    q/k/v projection).
 
     Without a rotation the keys are stored as given: for layers without rotary embeddings (NoPE layers,
     ALiBi models). With one, `query` and `key` are consumed: a backend may rotate them in place.
@@ -71,6 +73,16 @@ class AttentionBackend(Protocol):
         scale: float,
         sliding_window: int | None,
         rotation: Rotation | None = None,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        ...
+
+    def attend(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         ...
 

@@ -49,3 +49,11 @@ class Attention(nn.Module):
             rotation,
         )
         return out.reshape(num_tokens, self.num_heads * self.head_dim)
+
+    def attend(self, query: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        """Attention of flat, already rotated queries [num_tokens, heads * head_dim] over a cache that already
+        holds this step's keys and values; returns the same shape."""
+        num_tokens = query.shape[0]
+        out = self.backend.attend(query.view(num_tokens, self.num_heads, self.head_dim), self.kv_cache, metadata,
+                                  self.scale, self.sliding_window)
+        return out.reshape(num_tokens, self.num_heads * self.head_dim)

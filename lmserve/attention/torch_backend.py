@@ -30,6 +30,16 @@ class TorchAttentionBackend:
             rotated_query, rotated_key = rotation.apply(query.flatten(1), key.flatten(1))
             query, key = rotated_query.view(query.shape), rotated_key.view(key.shape)
         write_kv_cache(key, value, kv_cache, metadata.slot_mapping)
+        return self.attend(query, kv_cache, metadata, scale, sliding_window)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+    ) -> torch.Tensor:
         block_size = kv_cache.shape[2]
         num_requests = metadata.num_requests
         num_tokens, num_heads, head_dim = query.shape

@@ -33,6 +33,16 @@ class TritonAttentionBackend:
             store = (value.flatten(1), kv_cache, metadata.slot_mapping)
             rotary_embedding(rotation.positions, query.flatten(1), key.flatten(1), rotation.cos_cache,
                              rotation.sin_cache, rotation.head_norms, store)
+        return self.attend(query, kv_cache, metadata, scale, sliding_window)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+    ) -> torch.Tensor:
         return paged_attention(
             query,
             kv_cache,

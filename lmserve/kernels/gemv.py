@@ -13,6 +13,11 @@ streams `BLOCK_N` weight rows over the whole input width, and builds its input t
 - `"silu_and_mul"`: silu(gate) * up of a fused gate/up projection, rounded as the unfused kernel rounds it.
 - `"none"`: x as it is.
 
+One epilogue, `RotaryStore`, serves a fused q/k/v projection at decode: each program takes its weight rows
+in the rotary pairs (i, i + head_dim / 2) of one head, rotates the query and key heads by their tokens'
+positions, and stores the keys and values in their cache slots; only the queries come back. The step then
+needs no launch of its own for the rotation and the cache write.
+
 The weight is [out, in] with contiguous rows, as checkpoints hold it. Products run on the CUDA cores and
 accumulate elementwise in float32, summed once at the end: summing each column block as it arrives costs
 a cross-warp reduction an iteration, and ran slower on an H200. On the tensor cores, with the rows padded
@@ -35,6 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lmserve.kernels.kv_cache import cast_for_cache, check_kv_cache_write
+
 PROLOGUES = ("none", "rms_norm", "add_rms_norm", "silu_and_mul")
 MAX_ROWS = 4  # every row adds a weight tile's worth of products and accumulators
 
@@ -51,6 +58,53 @@ class GemvTile:
     num_stages: int = 3
 
 
+@dataclass(frozen=True)
+class RotaryStore:
+    """The q/k/v epilogue: rotate query and key heads ("rotate half" pairs, cos/sin rounded to the input
+    dtype, as `lmserve.kernels.rotary` does), store keys and values at their tokens' slots (-1: nowhere)."""
+
+    positions: torch.Tensor  # [rows]
+    cos_cache: torch.Tensor  # [max_positions, head_dim / 2], float32
+    sin_cache: torch.Tensor
+    kv_cache: torch.Tensor  # [2, num_blocks, block_size, kv_heads, head_dim]
+    slot_mapping: torch.Tensor  # [rows]
+    query_size: int  # the projection's first rows are the queries' (heads * head_dim); keys and values split the rest
+
+
+@triton.jit
+def _rotate_and_store(
+    out, rows, row_valid, outs, block, dtype, out_ptr, stride_out, positions_ptr, cos_ptr, sin_ptr, stride_cos,
+    kv_cache_ptr, slot_mapping_ptr, stride_cache_kv, stride_cache_block, stride_cache_slot, stride_cache_head,
+    query_size, key_size, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
+    CACHE_BLOCK_SIZE: tl.constexpr,
+):
+    # The program's rows are pairs of one head, interleaved: lane 2i holds pair i's first row, 2i + 1 its second.
+    first_row = (block * (BLOCK_N // 2) // HALF) * (2 * HALF)
+    pairs = (block * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % HALF
+    position = tl.load(positions_ptr + rows, mask=row_valid, other=0).to(tl.int64)
+    cos_offsets = position[:, None] * stride_cos + pairs[None, :]
+    cos = tl.load(cos_ptr + cos_offsets, mask=row_valid[:, None], other=0.0).to(dtype).to(tl.float32)
+    sin = tl.load(sin_ptr + cos_offsets, mask=row_valid[:, None], other=0.0).to(dtype).to(tl.float32)
+    # Rounded as the projection's output is, then each product rounded as the rotary kernel rounds it.
+    first, second = tl.split(tl.reshape(out.to(dtype).to(tl.float32), [BLOCK_M, BLOCK_N // 2, 2]))
+    rotated_first = (first * cos).to(dtype).to(tl.float32) - (second * sin).to(dtype).to(tl.float32)
+    rotated_second = (second * cos).to(dtype).to(tl.float32) + (first * sin).to(dtype).to(tl.float32)
+    rotated = tl.reshape(tl.join(rotated_first, rotated_second), [BLOCK_M, BLOCK_N])
+    is_value = first_row >= query_size + key_size
+    out = tl.where(is_value, out.to(dtype), rotated.to(dtype))
+    if first_row < query_size:
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_out + outs[None, :], out, mask=row_valid[:, None])
+    else:
+        slot = tl.load(slot_mapping_ptr + rows, mask=row_valid, other=-1).to(tl.int64)
+        slot_offsets = (slot // CACHE_BLOCK_SIZE) * stride_cache_block + (slot % CACHE_BLOCK_SIZE) * stride_cache_slot
+        columns = outs - query_size - is_value.to(tl.int32) * key_size
+        head_offsets = (columns // (2 * HALF)) * stride_cache_head + columns % (2 * HALF)
+        cache_ptrs = kv_cache_ptr + is_value.to(tl.int64) * stride_cache_kv
+        cache_ptrs += slot_offsets[:, None] + head_offsets[None, :]
+        # A slot of -1 marks a padding token (a CUDA graph replays a fixed batch size): nothing to store.
+        tl.store(cache_ptrs, cast_for_cache(out, kv_cache_ptr.dtype.element_ty), mask=(slot >= 0)[:, None])
+
+
 @triton.jit
 def _gemv_kernel(
     x_ptr,  # [rows, in] (silu_and_mul: [rows, 2 * in], gate then up)
@@ -60,6 +114,11 @@ def _gemv_kernel(
     bias_ptr,  # [out] when HAS_BIAS
     out_ptr,  # [rows, out]
     new_residual_ptr,  # add_rms_norm: [rows, in], x + residual
+    positions_ptr,  # ROTARY_STORE, as RotaryStore's fields
+    cos_ptr,
+    sin_ptr,
+    kv_cache_ptr,
+    slot_mapping_ptr,
     num_rows,
     num_out,
     num_in,
@@ -67,6 +126,13 @@ def _gemv_kernel(
     stride_residual,
     stride_weight,
     stride_out,
+    stride_cos,
+    stride_cache_kv,
+    stride_cache_block,
+    stride_cache_slot,
+    stride_cache_head,
+    query_size,
+    key_size,
     eps,
     NORM: tl.constexpr,
     ADD_RESIDUAL: tl.constexpr,
@@ -76,10 +142,18 @@ def _gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    ROTARY_STORE: tl.constexpr,
+    HALF: tl.constexpr,  # ROTARY_STORE: head_dim / 2
+    CACHE_BLOCK_SIZE: tl.constexpr,  # ROTARY_STORE: slots per cache block, a shift
 ):
     block = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
-    outs = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    if ROTARY_STORE:
+        lanes = tl.arange(0, BLOCK_N)
+        pairs = block * (BLOCK_N // 2) + lanes // 2
+        outs = (pairs // HALF) * (2 * HALF) + pairs % HALF + (lanes % 2) * HALF
+    else:
+        outs = block * BLOCK_N + tl.arange(0, BLOCK_N)
     row_valid = rows < num_rows
     out_valid = outs < num_out
     dtype = out_ptr.dtype.element_ty
@@ -120,8 +194,15 @@ def _gemv_kernel(
         out *= tl.rsqrt(sum_squares / num_in + eps)[:, None]
     if HAS_BIAS:
         out += tl.load(bias_ptr + outs, mask=out_valid, other=0.0).to(tl.float32)[None, :]
-    out_offsets = rows[:, None].to(tl.int64) * stride_out + outs[None, :]
-    tl.store(out_ptr + out_offsets, out.to(dtype), mask=row_valid[:, None] & out_valid[None, :])
+    if ROTARY_STORE:
+        _rotate_and_store(
+            out, rows, row_valid, outs, block, dtype, out_ptr, stride_out, positions_ptr, cos_ptr, sin_ptr,
+            stride_cos, kv_cache_ptr, slot_mapping_ptr, stride_cache_kv, stride_cache_block, stride_cache_slot,
+            stride_cache_head, query_size, key_size, BLOCK_M, BLOCK_N, HALF, CACHE_BLOCK_SIZE,
+        )
+    else:
+        out_offsets = rows[:, None].to(tl.int64) * stride_out + outs[None, :]
+        tl.store(out_ptr + out_offsets, out.to(dtype), mask=row_valid[:, None] & out_valid[None, :])
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -143,10 +224,12 @@ def gemv(
     eps: float = 0.0,
     residual: torch.Tensor | None = None,
     tile: GemvTile = GemvTile(),
+    store: RotaryStore | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`reference_gemv` in one launch for at most MAX_ROWS rows; returns (out, x + residual) for
     `"add_rms_norm"`, else out. x and residual are [rows, in] with contiguous rows (silu_and_mul: [rows,
-    2 * in]); weight is [out, in] with contiguous rows."""
+    2 * in]); weight is [out, in] with contiguous rows. With a `store`, out is the rotated queries only,
+    [rows, store.query_size]."""
     if prologue not in PROLOGUES:
         raise ValueError(f"prologue must be one of {PROLOGUES}, got {prologue!r}")
     num_out, num_in = weight.shape
@@ -162,10 +245,13 @@ def gemv(
     if add_residual and (residual is None or residual.shape != x.shape or residual.stride(1) != 1):
         raise ValueError("prologue 'add_rms_norm' needs a residual of x's shape with contiguous rows")
     num_rows = x.shape[0]
-    out = torch.empty(num_rows, num_out, dtype=x.dtype, device=x.device)
+    if store is not None:
+        _check_store(store, num_rows, num_out, tile.block_n, x.dtype)
+    out = torch.empty(num_rows, num_out if store is None else store.query_size, dtype=x.dtype, device=x.device)
     new_residual = torch.empty_like(x) if add_residual else out
     if num_rows:
         block_m = triton.next_power_of_2(num_rows)
+        cos_cache, kv_cache = (store.cos_cache, store.kv_cache) if store is not None else (weight, weight)
         _gemv_kernel[(triton.cdiv(num_out, tile.block_n),)](
             x,
             residual if add_residual else x,
@@ -174,6 +260,11 @@ def gemv(
             bias if bias is not None else weight,
             out,
             new_residual,
+            store.positions if store is not None else weight,
+            cos_cache,
+            store.sin_cache if store is not None else weight,
+            kv_cache,
+            store.slot_mapping if store is not None else weight,
             num_rows,
             num_out,
             num_in,
@@ -181,6 +272,10 @@ def gemv(
             residual.stride(0) if add_residual else 0,
             weight.stride(0),
             out.stride(0),
+            cos_cache.stride(0),
+            *(kv_cache.stride()[:4] if store is not None else (0, 0, 0, 0)),
+            store.query_size if store is not None else 0,
+            (num_out - store.query_size) // 2 if store is not None else 0,
             eps,
             NORM=norm,
             ADD_RESIDUAL=add_residual,
@@ -190,9 +285,28 @@ def gemv(
             BLOCK_N=tile.block_n,
             BLOCK_K=max(16, tile.block_k // block_m),
             NUM_STAGES=tile.num_stages,
+            ROTARY_STORE=store is not None,
+            HALF=cos_cache.shape[1] if store is not None else 1,
+            CACHE_BLOCK_SIZE=kv_cache.shape[2] if store is not None else 1,
             num_warps=tile.num_warps,
         )
     return (out, new_residual) if add_residual else out
+
+
+def _check_store(store: RotaryStore, num_rows: int, num_out: int, block_n: int, dtype: torch.dtype) -> None:
+    head_dim = 2 * store.cos_cache.shape[1]
+    key_size = (num_out - store.query_size) // 2
+    if store.query_size % head_dim or key_size % head_dim or store.query_size + 2 * key_size != num_out:
+        raise ValueError(f"{num_out} projection rows do not split into {store.query_size} query rows and "
+                         f"two equal parts of whole {head_dim}-wide heads")
+    if (head_dim // 2) % (block_n // 2):
+        raise ValueError(f"a program's {block_n // 2} rotary pairs must lie in one head of {head_dim}")
+    if store.positions.shape != (num_rows,) or store.slot_mapping.shape != (num_rows,):
+        raise ValueError(f"positions and slot_mapping must be [{num_rows}]")
+    if not (store.cos_cache.is_contiguous() and store.sin_cache.is_contiguous()):
+        raise ValueError("the cos/sin caches must be contiguous")
+    kv_heads = torch.empty(0, key_size // head_dim, head_dim, dtype=dtype)  # only its shape and dtype are checked
+    check_kv_cache_write(kv_heads, kv_heads, store.kv_cache)
 
 
 def reference_gemv(
@@ -203,10 +317,13 @@ def reference_gemv(
     norm_weight: torch.Tensor | None = None,
     eps: float = 0.0,
     residual: torch.Tensor | None = None,
+    store: RotaryStore | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The unfused torch ops that `gemv` replaces."""
     from lmserve.kernels.activation import reference_silu_and_mul
+    from lmserve.kernels.kv_cache import reference_write_kv_cache
     from lmserve.kernels.rms_norm import reference_rms_norm
+    from lmserve.kernels.rotary import reference_rotary_embedding
 
     new_residual = None
     if prologue == "silu_and_mul":
@@ -216,4 +333,11 @@ def reference_gemv(
     elif prologue == "add_rms_norm":
         x, new_residual = reference_rms_norm(x, norm_weight, eps, residual)
     out = torch.nn.functional.linear(x, weight, bias)
+    if store is not None:
+        key_size = (out.shape[1] - store.query_size) // 2
+        query, key, value = out.split([store.query_size, key_size, key_size], dim=1)
+        out, key = reference_rotary_embedding(store.positions, query, key, store.cos_cache, store.sin_cache)
+        head_dim = 2 * store.cos_cache.shape[1]
+        reference_write_kv_cache(key.unflatten(1, (-1, head_dim)), value.unflatten(1, (-1, head_dim)),
+                                 store.kv_cache, store.slot_mapping)
     return out if new_residual is None else (out, new_residual)

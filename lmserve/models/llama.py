@@ -17,7 +17,13 @@ from torch import nn
 from lmserve.attention import Attention, AttentionMetadata
 from lmserve.errors import UnsupportedArchitectureError
 from lmserve.models.layers import MergedLinear, RMSNorm, RotaryEmbedding
-from lmserve.models.layers.projection import gated_projection, normed_projection, projection
+from lmserve.models.layers.projection import (
+    fuses,
+    gated_projection,
+    normed_projection,
+    projection,
+    stored_qkv_projection,
+)
 from lmserve.models.weights import StackedMapping, load_stacked_weights
 
 STACKED_PARAMS: StackedMapping = (
@@ -59,9 +65,10 @@ def sliding_window_of(hf_config: Any, layer_index: int) -> int | None:
 
 
 class LlamaAttention(nn.Module):
-    """Rotary and paged attention over the fused q/k/v projection's output, then the output projection.
+    """The norm before it, the fused q/k/v projection, rotary and paged attention, the output projection.
 
-    The decoder layer runs `qkv_proj` itself, with the norm before it (`normed_projection`)."""
+    At one row on the GPU (decode at batch 1) the projection itself rotates and stores the keys and values
+    (`stored_qkv_projection`), unless per-head norms need whole heads first (Qwen3)."""
 
     def __init__(
         self, hf_config: Any, layer_index: int, rotary_emb: RotaryEmbedding, options: AttentionOptions
@@ -83,10 +90,25 @@ class LlamaAttention(nn.Module):
             num_heads, num_kv_heads, self.head_dim, self.head_dim**-0.5, sliding_window_of(hf_config, layer_index)
         )
 
-    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        query, key, value = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+    def forward(
+        self,
+        positions: torch.Tensor,
+        norm: RMSNorm,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        metadata: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block output, residual) of attention over norm(hidden + residual), as `normed_projection` adds."""
         rotation = self.rotary_emb.rotation(positions, self.head_norms)  # applied by the attention backend
-        return projection(self.o_proj, self.attn(query, key, value, metadata, rotation))
+        if self.head_norms is None and fuses(hidden, self.qkv_proj):
+            query, residual = stored_qkv_projection(norm, self.qkv_proj, hidden, residual, self.attn, rotation,
+                                                    metadata)
+            attended = self.attn.attend(query, metadata)
+        else:
+            qkv, residual = normed_projection(norm, self.qkv_proj, hidden, residual)
+            query, key, value = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            attended = self.attn(query, key, value, metadata, rotation)
+        return projection(self.o_proj, attended), residual
 
 
 class LlamaMLP(nn.Module):
@@ -127,8 +149,7 @@ class LlamaDecoderLayer(nn.Module):
         metadata: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (block output, residual); their sum is the block's output in Hugging Face terms."""
-        qkv, residual = normed_projection(self.input_layernorm, self.self_attn.qkv_proj, hidden, residual)
-        hidden = self.self_attn(positions, qkv, metadata)
+        hidden, residual = self.self_attn(positions, self.input_layernorm, hidden, residual, metadata)
         gate_up, residual = normed_projection(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden, residual)
         return self.mlp(gate_up), residual
 

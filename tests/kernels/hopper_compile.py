@@ -110,8 +110,15 @@ def compile_all_variants() -> None:
     for prologue in ({}, {"NORM": True}, {"NORM": True, "ADD_RESIDUAL": True}, {"SILU_AND_MUL": True}):
         flags = {"NORM": False, "ADD_RESIDUAL": False, "SILU_AND_MUL": False, "HAS_BIAS": False} | prologue
         for block_m in (1, 4):  # one decode row, and the most gemv takes
-            constants = flags | {"BLOCK_M": block_m, "BLOCK_N": 8, "BLOCK_K": 512 // block_m, "NUM_STAGES": 3}
+            constants = flags | {"BLOCK_M": block_m, "BLOCK_N": 8, "BLOCK_K": 512 // block_m, "NUM_STAGES": 3,
+                                 "ROTARY_STORE": False, "HALF": 1, "CACHE_BLOCK_SIZE": 1}
             compile_for_hopper(_gemv_kernel, "bf16", constants, 4)
+    # The q/k/v projection at decode rotates and stores keys and values, after either norm prologue.
+    for residual, cache in itertools.product((False, True), ("bf16", "fp8e4nv")):
+        constants = {"NORM": True, "ADD_RESIDUAL": residual, "SILU_AND_MUL": False, "HAS_BIAS": False, "BLOCK_M": 1,
+                     "BLOCK_N": 8, "BLOCK_K": 512, "NUM_STAGES": 3, "ROTARY_STORE": True, "HALF": 64,
+                     "CACHE_BLOCK_SIZE": 16}
+        compile_for_hopper(_gemv_kernel, "bf16", constants, 4, pointers={"kv_cache_ptr": f"*{cache}"})
     argmax_buffers = {"chunk_max_ptr": "*fp32", "chunk_index_ptr": "*i32", "temperature_ptr": "*fp32",
                       "keys_ptr": "*i64", "counters_ptr": "*i64"}
     # Greedy or random sampling, the temperature divided in the kernel or not, on the model's dtype or float32.

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LlamaConfig
 
-from lmserve.kernels.gemv import MAX_ROWS, GemvTile, gemv, reference_gemv, supports
+from lmserve.kernels.gemv import MAX_ROWS, GemvTile, RotaryStore, gemv, reference_gemv, supports
+from lmserve.kernels.rotary import rotary_embedding
+from lmserve.models.layers import RotaryEmbedding
 from tests.kernels.paged_batch import DEVICE
 
 # Relative to the output's size: the kernel and torch sum the products in other orders and round
@@ -95,3 +98,74 @@ def test_empty_batch_and_bad_inputs() -> None:
         gemv(x, weight, prologue="add_rms_norm", norm_weight=norm_weight)
     with pytest.raises(ValueError, match="prologue must be"):
         gemv(random_tensor(1, 32, dtype=torch.bfloat16, seed=7), weight, prologue="gelu")
+
+
+def rotary_store(rows: int, heads: int, kv_heads: int, head_dim: int, cache_dtype: torch.dtype) -> RotaryStore:
+    """Rows at scattered positions; the second row is padding (slot -1) when there are several."""
+    config = LlamaConfig(hidden_size=heads * head_dim, num_attention_heads=heads, max_position_embeddings=300)
+    rotary = RotaryEmbedding(config, head_dim).to(DEVICE)
+    block_size, num_blocks = 16, 6
+    generator = torch.Generator().manual_seed(rows)
+    kv_cache = torch.randn(2, num_blocks, block_size, kv_heads, head_dim, generator=generator).to(DEVICE, cache_dtype)
+    slots = torch.randperm(num_blocks * block_size, generator=generator)[:rows]
+    if rows > 1:
+        slots[1] = -1
+    positions = torch.tensor([37, 299, 0, 64][:rows])
+    return RotaryStore(positions.to(DEVICE), rotary.cos_cache, rotary.sin_cache, kv_cache, slots.to(DEVICE),
+                       heads * head_dim)
+
+
+def with_cache(store: RotaryStore, kv_cache: torch.Tensor) -> RotaryStore:
+    return RotaryStore(store.positions, store.cos_cache, store.sin_cache, kv_cache, store.slot_mapping,
+                       store.query_size)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "cache_dtype", "rows", "heads", "kv_heads", "head_dim", "bias", "tile"),
+    [
+        (torch.bfloat16, torch.bfloat16, 1, 4, 2, 32, False, GemvTile()),
+        (torch.float16, torch.float16, 3, 2, 2, 16, True, SMALL_TILE),
+        (torch.bfloat16, torch.float8_e4m3fn, 2, 4, 1, 32, False, SMALL_TILE),
+    ],
+)
+def test_rotary_store_equals_the_projection_then_the_rotary_kernel(
+    dtype: torch.dtype, cache_dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, bias: bool,
+    tile: GemvTile,
+) -> None:
+    """The epilogue rounds as the unfused kernels do, so queries and the cache come out bit for bit the same;
+    only the slots of real rows change."""
+    num_out = (heads + 2 * kv_heads) * head_dim
+    arguments = inputs("add_rms_norm", rows, 96, num_out, dtype, bias)
+    store = rotary_store(rows, heads, kv_heads, head_dim, cache_dtype)
+    expected_cache = store.kv_cache.clone()
+    slots = store.kv_cache.flatten(1, 2).view(torch.uint8)  # [2, slots, kv_heads, head_dim]
+    unwritten = torch.ones(slots.shape[1], dtype=torch.bool, device=DEVICE)
+    unwritten[store.slot_mapping[store.slot_mapping >= 0]] = False
+    before = slots[:, unwritten].clone()
+
+    queries, new_residual = gemv(**arguments, tile=tile, store=store)
+
+    qkv, expected_residual = gemv(**arguments, tile=tile)
+    query, key, value = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=1)
+    rotary_embedding(store.positions, query, key, store.cos_cache, store.sin_cache,
+                     store=(value, expected_cache, store.slot_mapping))
+    assert torch.equal(queries, query) and torch.equal(new_residual, expected_residual)
+    assert torch.equal(store.kv_cache.view(torch.uint8), expected_cache.view(torch.uint8))
+    assert torch.equal(slots[:, unwritten], before)
+    # And both are the torch ops, within rounding.
+    reference_cache = expected_cache.clone()
+    reference_queries, _ = reference_gemv(**arguments, store=with_cache(store, reference_cache))
+    assert_close(queries, reference_queries)
+    if cache_dtype == dtype:
+        assert_close(store.kv_cache, reference_cache)
+
+
+def test_rotary_store_rejects_shapes_it_cannot_split() -> None:
+    store = rotary_store(1, 4, 2, 32, torch.bfloat16)
+    x = random_tensor(1, 64, dtype=torch.bfloat16, seed=0)
+    with pytest.raises(ValueError, match="do not split"):
+        gemv(x, random_tensor(9 * 32, 64, dtype=torch.bfloat16, seed=1), store=store)
+    with pytest.raises(ValueError, match="kv_cache must be"):
+        gemv(x, random_tensor(4 * 32 + 2 * 3 * 32, 64, dtype=torch.bfloat16, seed=2), store=store)
+    with pytest.raises(ValueError, match="rotary pairs"):
+        gemv(x, random_tensor(8 * 32, 64, dtype=torch.bfloat16, seed=3), store=store, tile=GemvTile(block_n=128))

@@ -1,6 +1,6 @@
 """The layer-side projection functions give the same results through gemv as through the unfused kernels.
 
-On a GPU they take gemv at one row of a 16-bit weight; here `_fuses` is forced so that gemv runs (on the CPU,
+On a GPU they take gemv at one row of a 16-bit weight; here `fuses` is forced so that gemv runs (on the CPU,
 in Triton's interpreter) where the unfused path would.
 """
 
@@ -9,11 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from transformers import LlamaConfig
 
-from lmserve.models.layers import RMSNorm
+from lmserve.attention import TorchAttentionBackend
+from lmserve.models import llama as llama_module
+from lmserve.models.layers import RMSNorm, RotaryEmbedding
 from lmserve.models.layers import projection as projection_module
 from lmserve.models.layers.projection import gated_projection, normed_projection, projection
-from tests.kernels.paged_batch import DEVICE
+from tests.kernels.paged_batch import DECODES, DEVICE, make_batch
 
 DTYPE = torch.bfloat16
 
@@ -21,7 +24,8 @@ DTYPE = torch.bfloat16
 def run_both(monkeypatch: pytest.MonkeyPatch, compute):
     """compute() unfused, then with every projection fused."""
     unfused = compute()
-    monkeypatch.setattr(projection_module, "_fuses", lambda x, linear: x.shape[0] == 1)
+    for module in (projection_module, llama_module):
+        monkeypatch.setattr(module, "fuses", lambda x, linear: x.shape[0] == 1)
     return unfused, compute()
 
 
@@ -62,14 +66,44 @@ def test_projection_and_gated_projection(monkeypatch: pytest.MonkeyPatch) -> Non
         assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_attention_block_with_the_projection_storing_keys_and_values(
+    monkeypatch: pytest.MonkeyPatch, with_residual: bool
+) -> None:
+    """At one row the q/k/v projection rotates and stores, and attention only attends: the block's output,
+    residual and cache are those of the unfused path."""
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                         max_position_embeddings=256)
+    torch.manual_seed(1)
+    block = llama_module.LlamaAttention(config, 0, RotaryEmbedding(config, 32), llama_module.AttentionOptions(
+        qkv_bias=False, output_bias=False)).to(DEVICE, DTYPE)
+    norm, _ = layers(64, 1, bias=False)
+    batch = make_batch(DECODES[1:2], 4, 2, 32, block_size=16, dtype=DTYPE)
+    positions = batch.metadata.seq_lens - 1
+    hidden = torch.randn(1, 64).to(DEVICE, DTYPE)
+    residual = torch.randn(1, 64).to(DEVICE, DTYPE) if with_residual else None
+
+    def run() -> tuple[torch.Tensor, ...]:
+        kv_cache = batch.kv_cache.clone()
+        block.attn.bind(kv_cache, TorchAttentionBackend())
+        return (*block(positions, norm, hidden, residual, batch.metadata), kv_cache)
+
+    (expected, expected_residual, expected_cache), (actual, actual_residual, cache) = run_both(monkeypatch, run)
+
+    assert_close(actual, expected)
+    assert_close(actual_residual, expected_residual)
+    assert_close(cache, expected_cache)
+    assert not torch.equal(cache, batch.kv_cache)  # this step's key and value went in
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_a_gpu_only_one_row_of_a_16_bit_weight_fuses() -> None:
     small = nn.Linear(1024, 2048, bias=False).to("cuda", DTYPE)
     large = nn.Linear(4096, 4096, bias=False).to("cuda", DTYPE)
     one_row = torch.randn(1, 1024, device="cuda", dtype=DTYPE)
-    assert projection_module._fuses(one_row, small)
-    assert projection_module._fuses(torch.randn(1, 4096, device="cuda", dtype=DTYPE), large)
-    assert not projection_module._fuses(one_row.repeat(2, 1), small)
-    assert not projection_module._fuses(one_row.float(), small.float())
-    assert not projection_module._fuses(one_row.cpu(), small.cpu())
+    assert projection_module.fuses(one_row, small)
+    assert projection_module.fuses(torch.randn(1, 4096, device="cuda", dtype=DTYPE), large)
+    assert not projection_module.fuses(one_row.repeat(2, 1), small)
+    assert not projection_module.fuses(one_row.float(), small.float())
+    assert not projection_module.fuses(one_row.cpu(), small.cpu())

@@ -16,12 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmserve.attention import Attention, AttentionMetadata
+from lmserve.attention.backend import Rotation
 from lmserve.models.layers.normalization import RMSNorm
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
-def _fuses(x: torch.Tensor, linear: nn.Linear) -> bool:
+def fuses(x: torch.Tensor, linear: nn.Linear) -> bool:
+    """Whether this projection of x runs in `gemv`, its step fused in."""
     if not (x.is_cuda and _HAS_TRITON and x.dim() == 2 and x.shape[0] == 1):
         return False
     from lmserve.kernels.gemv import supports  # needs triton: import on demand
@@ -34,7 +37,7 @@ def normed_projection(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """linear(norm(hidden + residual)), and hidden + residual, the next residual (hidden itself when
     `residual` is None: the first layer)."""
-    if not _fuses(hidden, linear):
+    if not fuses(hidden, linear):
         if residual is None:
             return linear(norm(hidden)), hidden
         normed, residual = norm(hidden, residual)
@@ -47,9 +50,33 @@ def normed_projection(
     return gemv(hidden, linear.weight, prologue="add_rms_norm", residual=residual, **options)
 
 
+def stored_qkv_projection(
+    norm: RMSNorm,
+    linear: nn.Linear,
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    attention: Attention,
+    rotation: Rotation,
+    metadata: AttentionMetadata,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`normed_projection` of a fused q/k/v projection that also rotates the queries and keys and stores the
+    keys and values in `attention`'s cache: (rotated queries, next residual), for `Attention.attend`.
+
+    Only where `fuses(hidden, linear)` and without per-head norms: one launch instead of two."""
+    from lmserve.kernels.gemv import RotaryStore, gemv
+
+    query_size = attention.num_heads * attention.head_dim
+    store = RotaryStore(rotation.positions, rotation.cos_cache, rotation.sin_cache, attention.kv_cache,
+                        metadata.slot_mapping, query_size)
+    options = {"bias": linear.bias, "norm_weight": norm.weight, "eps": norm.eps, "store": store}
+    if residual is None:
+        return gemv(hidden, linear.weight, prologue="rms_norm", **options), hidden
+    return gemv(hidden, linear.weight, prologue="add_rms_norm", residual=residual, **options)
+
+
 def projection(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """linear(x)."""
-    if not _fuses(x, linear):
+    if not fuses(x, linear):
         return linear(x)
     from lmserve.kernels.gemv import gemv
 
@@ -59,7 +86,7 @@ def projection(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def gated_projection(linear: nn.Linear, gate_up: torch.Tensor) -> torch.Tensor:
     """linear(silu(gate) * up) over a fused gate/up projection's output [rows, 2 * in]."""
     if gate_up.is_cuda and _HAS_TRITON:
-        if _fuses(gate_up, linear):
+        if fuses(gate_up, linear):
             from lmserve.kernels.gemv import gemv
 
             return gemv(gate_up, linear.weight, linear.bias, prologue="silu_and_mul")
