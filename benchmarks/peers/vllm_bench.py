@@ -38,8 +38,9 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128, help="of the latency prompts")
     parser.add_argument("--output-len", type=int, default=512, help="of the latency requests")
     parser.add_argument("--kv-cache-dtype", default="auto", help="auto or fp8, as vLLM's option")
-    parser.add_argument("--sampling", type=json.loads, default={},
-                        help="SamplingParams fields as JSON for the throughput workload (default greedy)")
+    parser.add_argument("--sampling", type=json.loads, action="append",
+                        help="SamplingParams fields as JSON for the throughput workload (default greedy); "
+                             "each --sampling runs the workload once more, on the same engine")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -60,9 +61,15 @@ def main() -> None:
     bandwidth = measure_copy_bandwidth()
     requests = make_requests(args.num_prompts, (100, 1024), (100, 1024), args.seed)
     generate([r.prompt_token_ids for r in requests[:8]], [16] * 8)  # warm-up
-    elapsed = generate([r.prompt_token_ids for r in requests], [r.output_len for r in requests], args.sampling)
     num_output = sum(r.output_len for r in requests)
     floor = floor_seconds(config, requests, bandwidth, kv_bytes)
+    throughput = []
+    for sampling in args.sampling or [{}]:
+        elapsed = generate([r.prompt_token_ids for r in requests], [r.output_len for r in requests], sampling)
+        throughput.append({"workload": {"config": args.config, "num_prompts": args.num_prompts, "seed": args.seed,
+                                        "output_tokens": num_output, "sampling": sampling},
+                           "elapsed_s": elapsed, "output_tokens_per_s": num_output / elapsed,
+                           "fraction_of_floor": floor / elapsed})
 
     latency = []
     for batch_size in args.batch_sizes:
@@ -75,15 +82,14 @@ def main() -> None:
     report = {
         **environment(), "engine": "vllm 0.26.0", "kv_cache_dtype": args.kv_cache_dtype,
         "bandwidth_bytes_per_s": bandwidth,
-        "throughput": {"workload": {"config": args.config, "num_prompts": args.num_prompts, "seed": args.seed,
-                                    "output_tokens": num_output, "sampling": args.sampling},
-                       "elapsed_s": elapsed, "output_tokens_per_s": num_output / elapsed,
-                       "fraction_of_floor": floor / elapsed},
+        "throughput": throughput,  # one run per --sampling
         "latency": {"input_len": args.input_len, "output_len": args.output_len, "results": latency},
     }
     out = Path(args.out or f"benchmarks/results/vllm-{args.config}.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"vllm throughput: {elapsed:.2f} s, {num_output / elapsed:.0f} output tok/s, {floor / elapsed:.1%} of floor")
+    for run in throughput:
+        print(f"vllm throughput {json.dumps(run['workload']['sampling'])}: {run['elapsed_s']:.2f} s, "
+              f"{run['output_tokens_per_s']:.0f} output tok/s, {run['fraction_of_floor']:.1%} of floor")
     for row in latency:
         print(f"vllm latency b{row['batch_size']}: {row['ms_per_step']:.2f} ms/step, {row['fraction_of_floor']:.1%}")
 
