@@ -14,6 +14,7 @@ from tests.kernels.paged_batch import DEVICE
 # Relative to the output's size: the kernel and torch sum the products in other orders and round
 # the normalised input at other points.
 TOLERANCES = {torch.float16: 4e-3, torch.bfloat16: 2e-2}
+FLOAT8_TOLERANCE = 0.13  # a cache entry an input ulp apart may round to the next float8 step, an eighth away
 SMALL_TILE = GemvTile(block_n=16, block_k=64, num_stages=3)  # several column blocks and iterations
 
 
@@ -22,10 +23,13 @@ def random_tensor(*shape: int, dtype: torch.dtype, seed: int, scale: float = 1.0
     return (scale * torch.randn(*shape, generator=generator)).to(device=DEVICE, dtype=dtype)
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, exact: bool = False) -> None:
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    if exact:
+        assert torch.equal(actual.view(torch.uint8), expected.view(torch.uint8))
+        return
     error = (actual.float() - expected.float()).abs().max()
-    assert error <= TOLERANCES[expected.dtype] * expected.float().abs().max(), error
+    assert error <= TOLERANCES.get(expected.dtype, FLOAT8_TOLERANCE) * expected.float().abs().max(), error
 
 
 def inputs(prologue: str, rows: int, num_in: int, num_out: int, dtype: torch.dtype, bias: bool) -> dict:
@@ -132,8 +136,9 @@ def test_rotary_store_equals_the_projection_then_the_rotary_kernel(
     dtype: torch.dtype, cache_dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, bias: bool,
     tile: GemvTile,
 ) -> None:
-    """The epilogue rounds as the unfused kernels do, so queries and the cache come out bit for bit the same;
-    only the slots of real rows change."""
+    """The epilogue rounds as the unfused kernels do: under the interpreter queries and the cache come out bit
+    for bit the same; compiled, the product sums may add up in another order (an ulp apart on an H200).
+    Only the slots of real rows change."""
     num_out = (heads + 2 * kv_heads) * head_dim
     arguments = inputs("add_rms_norm", rows, 96, num_out, dtype, bias)
     store = rotary_store(rows, heads, kv_heads, head_dim, cache_dtype)
@@ -149,15 +154,16 @@ def test_rotary_store_equals_the_projection_then_the_rotary_kernel(
     query, key, value = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=1)
     rotary_embedding(store.positions, query, key, store.cos_cache, store.sin_cache,
                      store=(value, expected_cache, store.slot_mapping))
-    assert torch.equal(queries, query) and torch.equal(new_residual, expected_residual)
-    assert torch.equal(store.kv_cache.view(torch.uint8), expected_cache.view(torch.uint8))
+    exact = DEVICE == "cpu"
+    assert_close(queries, query, exact)
+    assert_close(new_residual, expected_residual, exact)
+    assert_close(store.kv_cache, expected_cache, exact)
     assert torch.equal(slots[:, unwritten], before)
     # And both are the torch ops, within rounding.
     reference_cache = expected_cache.clone()
     reference_queries, _ = reference_gemv(**arguments, store=with_cache(store, reference_cache))
     assert_close(queries, reference_queries)
-    if cache_dtype == dtype:
-        assert_close(store.kv_cache, reference_cache)
+    assert_close(store.kv_cache, reference_cache)
 
 
 def test_rotary_store_rejects_shapes_it_cannot_split() -> None:
