@@ -1,11 +1,16 @@
 """Top-p sampling without a sort: lmserve.sample.gumbel.top_p_race (the same noise and rounds) on the GPU.
 
-One program per row: a pass for the row's largest score and its index, one for the softmax's total, then
-rounds of a raced draw among the tokens above the pivot and a pass for the probability above the draw,
-until a draw lands in the nucleus (a draw of the row's top score needs no pass: nothing is above it).
+Two launches, rows cut into chunks as lmserve.kernels.argmax cuts them. Stage 1 reads each chunk once, for
+its largest score and index, its softmax total (online: a lane's sum is rescaled when its maximum grows) and
+the winner of the first round's race, which has no pivot yet and so covers every token. Stage 2, one program
+per row, combines the chunks, then reads the row for the probability above the draw (not when the draw is the
+row's top score: nothing is above it). A rejected draw becomes the pivot of another round there: a race among
+the tokens above it, then the probability above the new draw. So a row whose first draw is kept takes two
+passes. A tile with no token above the pivot skips its noise: a row cut by top-k races for the cost of a read.
+
 Sorting each row of a 152k vocabulary instead took about a third of a sampled step of Qwen3-0.6B's shape at
-batch 256 on an H200. The exponentials and sums round as the GPU's do, so a draw whose probability above lies
-within rounding of top_p may be kept on one path and not on the other.
+batch 256 on an H200. The exponentials and sums round as the GPU's do (the total also in another order), so
+a draw whose probability above lies within rounding of top_p may be kept on one path and not on the other.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.kernels.argmax import first_max, gumbel_noise
+from lmserve.kernels.argmax import _NO_INDEX, TARGET_PROGRAMS, first_max, gumbel_noise
 from lmserve.sample.gumbel import MAX_ROUNDS
 
 TILE = 1024
+# float32's lowest finite value: a lane's largest score starts there, not at -inf, so that exp(-inf - largest)
+# is 0 where -inf - -inf would be NaN; only -inf lies below it, so the same columns win.
+_LOWEST = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
@@ -27,39 +35,77 @@ def _load(row_scores, start, vocab_size, TILE: tl.constexpr):
 
 
 @triton.jit
-def _top_p_race_kernel(scores_ptr, top_p_ptr, keys_ptr, counters_ptr, out_ptr, vocab_size, stride_row,
-                       TILE: tl.constexpr, MAX_ROUNDS: tl.constexpr):
+def _race_tile(scores, columns, pivot, key, counter, stream, start, best, best_index, TILE: tl.constexpr):
+    """Fold a tile into each lane's best raced score above the pivot (a lane keeps its first best)."""
+    if tl.max(scores, axis=0) > pivot:  # else no token here can win: skip the noise, the costly part
+        raced = tl.where(scores > pivot, scores + gumbel_noise(key, counter, stream, start, TILE), float("-inf"))
+        better = raced > best
+        best = tl.where(better, raced, best)
+        best_index = tl.where(better, columns, best_index)
+    return best, best_index
+
+
+@triton.jit(do_not_specialize=["tiles_per_chunk"])
+def _chunk_kernel(scores_ptr, keys_ptr, counters_ptr, chunk_floats_ptr, chunk_indices_ptr, vocab_size, stride_row,
+                  tiles_per_chunk, TILE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    num_chunks = tl.num_programs(1)
+    row_scores = scores_ptr + row * stride_row
+    key = tl.load(keys_ptr + row)
+    counter = tl.load(counters_ptr + row)
+    largest = tl.full([TILE], _LOWEST, tl.float32)  # each lane's, with its first index
+    largest_index = tl.arange(0, TILE)
+    total = tl.zeros([TILE], tl.float32)  # each lane's sum of exp(score - its largest)
+    raced = tl.full([TILE], float("-inf"), tl.float32)
+    raced_index = tl.arange(0, TILE)
+    first_column = chunk * tiles_per_chunk * TILE
+    for tile in range(tiles_per_chunk):
+        start = first_column + tile * TILE
+        scores, columns = _load(row_scores, start, vocab_size, TILE)
+        larger = scores > largest
+        # One exponential: of the new score below the lane's largest, or of the old largest below the new.
+        scale = tl.exp(tl.where(larger, largest - scores, scores - largest))
+        total = tl.where(larger, total * scale + 1.0, total + scale)
+        largest = tl.where(larger, scores, largest)
+        largest_index = tl.where(larger, columns, largest_index)
+        raced, raced_index = _race_tile(scores, columns, float("-inf"), key, counter, 0, start, raced, raced_index,
+                                        TILE)
+    chunk_largest, chunk_index = first_max(largest, largest_index)
+    chunk_total = tl.sum(total * tl.exp(largest - chunk_largest), axis=0)
+    chunk_raced, chunk_raced_index = first_max(raced, raced_index)
+    # A row's chunks lie in floats[row, (largest, total, raced), chunk] and indices[row, (largest, raced), chunk].
+    floats = chunk_floats_ptr + row * 3 * num_chunks + chunk
+    tl.store(floats, chunk_largest)
+    tl.store(floats + num_chunks, chunk_total)
+    tl.store(floats + 2 * num_chunks, chunk_raced)
+    indices = chunk_indices_ptr + row * 2 * num_chunks + chunk
+    tl.store(indices, chunk_index)
+    tl.store(indices + num_chunks, chunk_raced_index)
+
+
+@triton.jit(do_not_specialize=["num_chunks"])
+def _row_kernel(scores_ptr, top_p_ptr, keys_ptr, counters_ptr, chunk_floats_ptr, chunk_indices_ptr, out_ptr,
+                vocab_size, stride_row, num_chunks, CHUNKS: tl.constexpr, TILE: tl.constexpr,
+                MAX_ROUNDS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     row_scores = scores_ptr + row * stride_row
     top_p = tl.load(top_p_ptr + row)
     key = tl.load(keys_ptr + row)
     counter = tl.load(counters_ptr + row)
-    best = tl.full([TILE], float("-inf"), tl.float32)
-    best_index = tl.arange(0, TILE)
-    for start in range(0, vocab_size, TILE):
-        scores, columns = _load(row_scores, start, vocab_size, TILE)
-        better = scores > best
-        best = tl.where(better, scores, best)
-        best_index = tl.where(better, columns, best_index)
-    largest, token = first_max(best, best_index)
-    weights = tl.zeros([TILE], tl.float32)
-    for start in range(0, vocab_size, TILE):
-        scores = _load(row_scores, start, vocab_size, TILE)[0]
-        weights += tl.exp(scores - largest)
-    total = tl.sum(weights, axis=0)
-    pivot = float("-inf")
+    chunks = tl.arange(0, CHUNKS)
+    mask = chunks < num_chunks
+    floats = chunk_floats_ptr + row * 3 * num_chunks + chunks
+    indices = chunk_indices_ptr + row * 2 * num_chunks + chunks
+    chunk_largest = tl.load(floats, mask=mask, other=float("-inf"))
+    largest, token = first_max(chunk_largest, tl.load(indices, mask=mask, other=_NO_INDEX))
+    chunk_total = tl.load(floats + num_chunks, mask=mask, other=0.0)
+    total = tl.sum(chunk_total * tl.exp(chunk_largest - largest), axis=0)
+    drawn = first_max(tl.load(floats + 2 * num_chunks, mask=mask, other=float("-inf")),
+                      tl.load(indices + num_chunks, mask=mask, other=_NO_INDEX))[1]
+    stream = tl.zeros([], tl.uint32)  # the round that drew `drawn`
     searching = True
-    stream = tl.zeros([], tl.uint32)
-    while searching and stream < MAX_ROUNDS:
-        best = tl.full([TILE], float("-inf"), tl.float32)
-        best_index = tl.arange(0, TILE)
-        for start in range(0, vocab_size, TILE):
-            scores, columns = _load(row_scores, start, vocab_size, TILE)
-            raced = tl.where(scores > pivot, scores + gumbel_noise(key, counter, stream, start, TILE), float("-inf"))
-            better = raced > best
-            best = tl.where(better, raced, best)
-            best_index = tl.where(better, columns, best_index)
-        drawn = first_max(best, best_index)[1]
+    while searching:
         drawn_score = tl.load(row_scores + drawn)
         mass_above = 0.0
         if drawn_score < largest and top_p < 1.0:
@@ -71,23 +117,42 @@ def _top_p_race_kernel(scores_ptr, top_p_ptr, keys_ptr, counters_ptr, out_ptr, v
         # Nothing above: a top token, in every nucleus (also when top_p rounded to 0 in float32).
         kept = (mass_above < top_p) | (mass_above == 0.0)
         token = tl.where(kept, drawn, token)
-        searching = not kept
-        pivot = drawn_score
         stream += 1
+        searching = (not kept) and stream < MAX_ROUNDS
+        if searching:  # a new round among the tokens above the rejected draw
+            raced = tl.full([TILE], float("-inf"), tl.float32)
+            raced_index = tl.arange(0, TILE)
+            for start in range(0, vocab_size, TILE):
+                scores, columns = _load(row_scores, start, vocab_size, TILE)
+                raced, raced_index = _race_tile(scores, columns, drawn_score, key, counter, stream, start, raced,
+                                                raced_index, TILE)
+            drawn = first_max(raced, raced_index)[1]
     tl.store(out_ptr + row, token.to(tl.int64))
 
 
 def top_p_race(scores: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor, counters: torch.Tensor,
-               tile: int = TILE) -> torch.Tensor:
+               tile: int = TILE, target_programs: int = TARGET_PROGRAMS) -> torch.Tensor:
     """[rows, vocab] float32 scores (tempered, masked logits) -> int64 [rows], as the host path draws them.
 
-    `tile` exists for tests, which keep it small under the interpreter.
+    `tile` and `target_programs` exist for tests, which keep them small under the interpreter.
     """
     scores = scores.float()
     if scores.stride(1) != 1:
         scores = scores.contiguous()
-    out = torch.empty(scores.shape[0], dtype=torch.int64, device=scores.device)
-    if scores.shape[0]:
-        _top_p_race_kernel[(scores.shape[0],)](scores, top_p, keys, counters, out, scores.shape[1], scores.stride(0),
-                                               TILE=tile, MAX_ROUNDS=MAX_ROUNDS)
+    num_rows, vocab_size = scores.shape
+    out = torch.empty(num_rows, dtype=torch.int64, device=scores.device)
+    if num_rows == 0:
+        return out
+    # Chunks as the argmax cuts them: one tile each for a single row, so that it covers the SMs; fewer,
+    # longer ones as rows grow. No constant follows the row count, so no batch size compiles a new variant.
+    num_tiles = triton.cdiv(vocab_size, tile)
+    tiles_per_chunk = triton.cdiv(num_tiles, max(1, min(num_tiles, target_programs // num_rows)))
+    num_chunks = triton.cdiv(num_tiles, tiles_per_chunk)
+    chunk_floats = torch.empty(num_rows, 3, num_chunks, dtype=torch.float32, device=scores.device)
+    chunk_indices = torch.empty(num_rows, 2, num_chunks, dtype=torch.int32, device=scores.device)
+    _chunk_kernel[(num_rows, num_chunks)](scores, keys, counters, chunk_floats, chunk_indices, vocab_size,
+                                         scores.stride(0), tiles_per_chunk, TILE=tile)
+    _row_kernel[(num_rows,)](scores, top_p, keys, counters, chunk_floats, chunk_indices, out, vocab_size,
+                             scores.stride(0), num_chunks, CHUNKS=triton.next_power_of_2(num_tiles), TILE=tile,
+                             MAX_ROUNDS=MAX_ROUNDS)
     return out

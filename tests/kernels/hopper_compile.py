@@ -19,7 +19,8 @@ from lmserve.kernels.kv_cache import _write_kv_cache_kernel
 from lmserve.kernels.paged_attention import _merge_splits_kernel, _paged_attention_kernel
 from lmserve.kernels.rms_norm import _rms_norm_kernel
 from lmserve.kernels.rotary import _rotary_kernel
-from lmserve.kernels.top_p import _top_p_race_kernel
+from lmserve.kernels.top_p import _chunk_kernel as _top_p_chunk_kernel
+from lmserve.kernels.top_p import _row_kernel as _top_p_row_kernel
 
 HOPPER = GPUTarget("cuda", 90, 32)
 INDEX_POINTERS = {"block_tables_ptr", "seq_lens_ptr", "query_start_loc_ptr", "decode_order_ptr", "slot_mapping_ptr",
@@ -126,8 +127,11 @@ def compile_all_variants() -> None:
         constants = {"TILE": 1024, "SCALE": scale, "RACE": race}
         compile_for_hopper(_chunk_argmax_kernel, dtype, constants, 4, pointers=argmax_buffers)
     compile_for_hopper(_row_argmax_kernel, "bf16", {"CHUNKS": 256}, 4, pointers=argmax_buffers | {"out_ptr": "*i64"})
-    compile_for_hopper(_top_p_race_kernel, "fp32", {"TILE": 1024, "MAX_ROUNDS": 64}, 4,
-                       pointers={"keys_ptr": "*i64", "counters_ptr": "*i64", "out_ptr": "*i64"})
+    top_p_buffers = {"keys_ptr": "*i64", "counters_ptr": "*i64", "chunk_floats_ptr": "*fp32",
+                     "chunk_indices_ptr": "*i32", "out_ptr": "*i64"}
+    compile_for_hopper(_top_p_chunk_kernel, "fp32", {"TILE": 1024}, 4, pointers=top_p_buffers)
+    compile_for_hopper(_top_p_row_kernel, "fp32", {"CHUNKS": 256, "TILE": 1024, "MAX_ROUNDS": 64}, 4,
+                       pointers=top_p_buffers)
 
 
 if __name__ == "__main__":

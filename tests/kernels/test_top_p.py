@@ -18,14 +18,53 @@ def race_inputs(rows: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.T
     return scores.to(DEVICE), keys.to(DEVICE), counters.to(DEVICE)
 
 
+# Stage 1's chunks: one tile each (the default launch at these sizes), a few tiles each, one chunk a row.
+@pytest.mark.parametrize("target_programs", [1024, 8, 1])
 @pytest.mark.parametrize(("rows", "vocab"), [(1, 17), (4, 300), (6, 1000)])
-def test_draws_the_tokens_of_the_host_path(rows: int, vocab: int) -> None:
+def test_draws_the_tokens_of_the_host_path(rows: int, vocab: int, target_programs: int) -> None:
     scores, keys, counters = race_inputs(rows, vocab, seed=vocab)
     scores[0, vocab // 2 :] = float("-inf")  # as top-k or min_p leave a row
     top_p = torch.tensor([0.05, 0.5, 0.9, 1.0, 0.3, 0.7][:rows], device=DEVICE)
     for step in range(3):
         expected = gumbel.top_p_race(scores, top_p, keys, counters + step)
-        assert torch.equal(top_p_race(scores, top_p, keys, counters + step, tile=16), expected)
+        tokens = top_p_race(scores, top_p, keys, counters + step, tile=16, target_programs=target_programs)
+        assert torch.equal(tokens, expected)
+
+
+def test_rows_cut_to_a_few_tokens_by_top_k_draw_as_the_host_path() -> None:
+    """Most tiles then hold no token above the pivot, and skip their noise."""
+    scores, keys, counters = race_inputs(5, 700, seed=6)
+    kept = torch.rand(5, 700, generator=torch.Generator().manual_seed(7)).to(DEVICE) < 0.02
+    scores = scores.masked_fill(~kept, float("-inf"))
+    top_p = torch.tensor([0.95, 0.5, 0.2, 0.99, 1.0], device=DEVICE)
+    for step in range(4):
+        expected = gumbel.top_p_race(scores, top_p, keys, counters + step)
+        assert torch.equal(top_p_race(scores, top_p, keys, counters + step, tile=16, target_programs=16), expected)
+
+
+def test_a_small_nucleus_of_flat_tokens_takes_many_rounds_as_the_host_path() -> None:
+    """Over 600 near-equal tokens a first draw almost never lands in the three-token nucleus: up to six rounds
+    here, each among the tokens above the last rejected draw."""
+    scores = torch.linspace(0.3, 0.0, 600, device=DEVICE).repeat(4, 1)
+    _, keys, counters = race_inputs(4, 600, seed=8)
+    top_p = torch.full((4,), 2.5 / 600, device=DEVICE)
+    for step in range(3):
+        tokens = top_p_race(scores, top_p, keys, counters + step, tile=16, target_programs=32)
+        assert torch.equal(tokens, gumbel.top_p_race(scores, top_p, keys, counters + step))
+        assert (tokens < 3).all()
+
+
+def test_after_the_last_round_rejects_the_row_takes_its_top_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmserve.kernels import top_p as top_p_module
+
+    monkeypatch.setattr(top_p_module, "MAX_ROUNDS", 1)
+    monkeypatch.setattr(gumbel, "MAX_ROUNDS", 1)
+    scores = torch.linspace(0.0, 0.3, 600, device=DEVICE).repeat(3, 1)  # the top token is the last
+    _, keys, counters = race_inputs(3, 600, seed=9)
+    top_p = torch.full((3,), 0.001, device=DEVICE)
+    tokens = top_p_race(scores, top_p, keys, counters, tile=16)
+    assert torch.equal(tokens, gumbel.top_p_race(scores, top_p, keys, counters))
+    assert tokens.tolist() == [599, 599, 599]
 
 
 def test_rows_of_a_wider_buffer_and_no_rows() -> None:
@@ -34,6 +73,32 @@ def test_rows_of_a_wider_buffer_and_no_rows() -> None:
     assert torch.equal(top_p_race(scores[:, :500], top_p, keys, counters, tile=16),
                        gumbel.top_p_race(scores[:, :500], top_p, keys, counters))
     assert top_p_race(scores[:0], top_p[:0], keys[:0], counters[:0]).shape == (0,)
+
+
+def test_every_row_count_launches_the_same_variants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sampling runs outside the CUDA graphs at every batch size: no constant may follow the row count."""
+    from lmserve.kernels import top_p as top_p_module
+
+    launched = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **constants):
+                launched.append((self.kernel.__name__, tuple(sorted(constants.items()))))
+                return self.kernel[grid](*args, **constants)
+            return launch
+
+    for name in ("_chunk_kernel", "_row_kernel"):
+        monkeypatch.setattr(top_p_module, name, Recorder(getattr(top_p_module, name)))
+    for rows in (1, 3, 9, 20):  # 19 chunks of one tile each down to one chunk of 19 tiles
+        scores, keys, counters = race_inputs(rows, 300, seed=rows)
+        top_p = torch.full((rows,), 0.8, device=DEVICE)
+        tokens = top_p_race(scores, top_p, keys, counters, tile=16, target_programs=32)
+        assert torch.equal(tokens, gumbel.top_p_race(scores, top_p, keys, counters))
+    assert len(set(launched)) == 2
 
 
 @pytest.mark.gpu
