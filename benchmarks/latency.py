@@ -79,7 +79,6 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine-options", type=json.loads, default={}, help='JSON, e.g. {"enforce_eager": true}')
-    parser.add_argument("--compile-model", action="store_true", help="torch.compile the model (compile_model)")
     parser.add_argument("--out", help="JSON results path (default: benchmarks/results/latency-<config>.json)")
     args = parser.parse_args()
 
@@ -87,8 +86,6 @@ def main() -> None:
 
     config = load_config(args.config)
     options = {"dtype": "bfloat16", "max_model_len": args.input_len + args.output_len + 16, **args.engine_options}
-    if args.compile_model:
-        options["compile_model"] = True
     engine = LLMEngine.from_options(write_model_dir(config), load_format="dummy", skip_tokenizer_init=True, **options)
     end_to_end_step_seconds(engine, 2, 16, 8, args.seed)  # warm-up
     bandwidth = measure_copy_bandwidth()

@@ -179,7 +179,6 @@ def main() -> None:
     parser.add_argument("--hf-batch-size", type=int, default=64)
     parser.add_argument("--trace", action="store_true", help="record where the engine steps' time goes")
     parser.add_argument("--engine-options", type=json.loads, default={}, help='JSON, e.g. {"max_num_seqs": 256}')
-    parser.add_argument("--compile-model", action="store_true", help="torch.compile the model (compile_model)")
     parser.add_argument("--sampling", type=json.loads, default={},
                         help='SamplingParams fields as JSON (default greedy), e.g. {"temperature": 0.6, "top_p": 0.95}')
     parser.add_argument("--out", help="JSON results path (default: benchmarks/results/throughput-<config>.json)")
@@ -194,8 +193,6 @@ def main() -> None:
     num_total = num_output + sum(len(r.prompt_token_ids) for r in requests)
     bandwidth = measure_copy_bandwidth()
     engine_options = {"dtype": "bfloat16", "max_model_len": 4096, **args.engine_options}
-    if args.compile_model:
-        engine_options["compile_model"] = True
     floor = floor_seconds(config, requests, bandwidth, kv_element_size(engine_options))
 
     trace = {} if args.trace else None

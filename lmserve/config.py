@@ -145,14 +145,11 @@ class RunnerConfig:
     On CUDA with the Triton backend, steps replay CUDA graphs captured at start-up: decode-only steps one
     for each of `cuda_graph_batch_sizes` (a batch pads to the next size), and other steps (prefill chunks,
     mixed batches) one for each of `cuda_graph_token_sizes` (a step pads to the next token count; an empty
-    list captures none); `enforce_eager` turns them all off. The CPU never captures graphs.
-    `compile_model` runs the model's forward through `torch.compile` on any device, graphs or not (they
-    capture the compiled code); lmserve.worker.compilation says what changes.
+    list captures none); `enforce_eager` turns them all off. The CPU always runs eagerly.
     """
 
     attention_backend: str = "auto"  # "torch" (reference), "triton" (GPU kernels); auto: triton on CUDA
     enforce_eager: bool = False
-    compile_model: bool = False
     # How projection weights lie in memory: "out_in" (as checkpoints hold them) or "in_out", which cuBLAS
     # serves with other kernels: faster for some models and batch sizes (lmserve.worker.projection_layout)
     projection_layout: str = "out_in"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lmserve.attention import Attention, attention_backend
+from lmserve.attention import Attention, AttentionBackend, TorchAttentionBackend
 from lmserve.attention.cache_dtype import FLOAT8_MIN_CAPABILITY
 from lmserve.config import EngineConfig
 from lmserve.engine.scheduler import SchedulerOutput
@@ -17,7 +17,6 @@ from lmserve.models import load_model
 from lmserve.outputs import PositionLogprobs
 from lmserve.sample import LogprobsTensors, Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
 from lmserve.sampling_params import SamplingParams
-from lmserve.worker.compilation import OpaqueAttentionBackend, compile_model
 from lmserve.worker.cuda_graphs import StepGraphs, capture_sizes, token_capture_sizes
 from lmserve.worker.input_preparation import BlockTableRows, StepLayout, layout_step, to_device
 from lmserve.worker.memory import profile_kv_cache_memory, profiling_pass
@@ -97,7 +96,7 @@ class ModelRunner:
     step meanwhile. A token sampled by one step is fed to the next on the device: the host need not know
     it yet. On CUDA with the Triton backend, steps replay CUDA graphs captured when the cache is allocated
     (unless `enforce_eager`): decode-only ones by batch size, others by token count; a step no graph
-    holds runs the model eagerly. With `compile_model`, the model's forward is compiled before the capture.
+    holds runs the model eagerly.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -113,8 +112,7 @@ class ModelRunner:
             model_config.load_seed,
         )
         apply_projection_layout(self.model, config.runner.projection_layout)
-        name = config.runner.attention_backend
-        self.backend = OpaqueAttentionBackend(name) if config.runner.compile_model else attention_backend(name)
+        self.backend = _attention_backend(config.runner.attention_backend)
         _check_float8_cache_support(config, self.device)
         self.sampler = Sampler()
         self.staging = HostToDevice(self.device)
@@ -210,8 +208,6 @@ class ModelRunner:
         self.kv_caches = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in layers]
         for layer, kv_cache in zip(layers, self.kv_caches, strict=True):
             layer.bind(kv_cache, self.backend)
-        if self.config.runner.compile_model:
-            compile_model(self.model, self.kv_caches)
         if self.uses_cuda_graphs:
             runner, scheduler = self.config.runner, self.config.scheduler
             batch_sizes = capture_sizes(runner.cuda_graph_batch_sizes, scheduler.max_num_seqs)
@@ -314,3 +310,11 @@ def _check_float8_cache_support(config: EngineConfig, device: torch.device) -> N
             f"kv_cache_dtype {config.cache.kv_cache_dtype!r} needs a GPU of compute capability "
             f"{'.'.join(map(str, FLOAT8_MIN_CAPABILITY))} or newer; this one has {capability[0]}.{capability[1]}"
         )
+
+
+def _attention_backend(name: str) -> AttentionBackend:
+    if name == "triton":
+        from lmserve.attention.triton_backend import TritonAttentionBackend  # needs triton: import on demand
+
+        return TritonAttentionBackend()
+    return TorchAttentionBackend()

@@ -23,10 +23,9 @@ class RMSNorm(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Normalise `x`; given `residual`, first add it and also return the sum as the new residual.
 
-        On CUDA one Triton launch does it all; the torch code below is the reference (and the CPU path, and
-        what `torch.compile` fuses: lmserve.worker.compilation).
+        On CUDA one Triton launch does it all; the torch code below is the reference (and the CPU path).
         """
-        if x.is_cuda and _HAS_TRITON and not torch.compiler.is_compiling():
+        if x.is_cuda and _HAS_TRITON:
             from lmserve.kernels.rms_norm import rms_norm  # needs triton: import on demand
 
             return rms_norm(x, self.weight, self.eps, residual)

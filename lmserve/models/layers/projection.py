@@ -25,8 +25,7 @@ _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 def fuses(x: torch.Tensor, linear: nn.Linear) -> bool:
     """Whether this projection of x runs in `gemv`, its step fused in."""
-    compiled = torch.compiler.is_compiling()  # compiled code runs the torch path (lmserve.worker.compilation)
-    if compiled or not (x.is_cuda and _HAS_TRITON and x.dim() == 2 and x.shape[0] == 1):
+    if not (x.is_cuda and _HAS_TRITON and x.dim() == 2 and x.shape[0] == 1):
         return False
     from lmserve.kernels.gemv import supports  # needs triton: import on demand
 
@@ -86,7 +85,7 @@ def projection(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def gated_projection(linear: nn.Linear, gate_up: torch.Tensor) -> torch.Tensor:
     """linear(silu(gate) * up) over a fused gate/up projection's output [rows, 2 * in]."""
-    if gate_up.is_cuda and _HAS_TRITON and not torch.compiler.is_compiling():
+    if gate_up.is_cuda and _HAS_TRITON:
         if fuses(gate_up, linear):
             from lmserve.kernels.gemv import gemv
 

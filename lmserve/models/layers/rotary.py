@@ -66,10 +66,9 @@ class RotaryEmbedding(nn.Module):
         """Rotate flat [num_tokens, heads * head_dim] queries and keys; `positions` is [num_tokens].
 
         `head_norms` (query norm, key norm) RMS-normalise each head first, as Qwen3 does. On CUDA one
-        Triton launch does it all in place; the torch code below is the reference (and the CPU path, and what
-        `torch.compile` fuses).
+        Triton launch does it all in place; the torch code below is the reference (and the CPU path).
         """
-        if query.is_cuda and _HAS_TRITON and not torch.compiler.is_compiling():
+        if query.is_cuda and _HAS_TRITON:
             from lmserve.kernels.rotary import rotary_embedding  # needs triton: import on demand
 
             rotary_embedding(positions, query, key, self.cos_cache, self.sin_cache, _norm_weights(head_norms))
