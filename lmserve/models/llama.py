@@ -68,7 +68,8 @@ class LlamaAttention(nn.Module):
     """The norm before it, the fused q/k/v projection, rotary and paged attention, the output projection.
 
     At one row on the GPU (decode at batch 1) the projection itself rotates and stores the keys and values
-    (`stored_qkv_projection`), unless per-head norms need whole heads first (Qwen3)."""
+    (`stored_qkv_projection`), unless per-head norms need whole heads first (Qwen3) or the heads are not a
+    power of two >= 16 wide, which only the torch backend serves."""
 
     def __init__(
         self, hf_config: Any, layer_index: int, rotary_emb: RotaryEmbedding, options: AttentionOptions
@@ -85,6 +86,10 @@ class LlamaAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps) if options.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps) if options.qk_norm else None
         self.head_norms = (self.q_norm, self.k_norm) if options.qk_norm else None
+        # The projection stores keys and values itself only where the cache kernels take the heads (a power of
+        # two >= 16; the torch backend takes any other) and no per-head norm needs whole heads first.
+        cache_kernels_take = self.head_dim >= 16 and not self.head_dim & (self.head_dim - 1)
+        self.stores_in_projection = cache_kernels_take and not options.qk_norm
         self.rotary_emb = rotary_emb
         self.attn = Attention(
             num_heads, num_kv_heads, self.head_dim, self.head_dim**-0.5, sliding_window_of(hf_config, layer_index)
@@ -100,7 +105,7 @@ class LlamaAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(block output, residual) of attention over norm(hidden + residual), as `normed_projection` adds."""
         rotation = self.rotary_emb.rotation(positions, self.head_norms)  # applied by the attention backend
-        if self.head_norms is None and fuses(hidden, self.qkv_proj):
+        if self.stores_in_projection and fuses(hidden, self.qkv_proj):
             query, residual = stored_qkv_projection(norm, self.qkv_proj, hidden, residual, self.attn, rotation,
                                                     metadata)
             attended = self.attn.attend(query, metadata)

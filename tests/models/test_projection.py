@@ -66,19 +66,22 @@ def test_projection_and_gated_projection(monkeypatch: pytest.MonkeyPatch) -> Non
         assert_close(actual, expected)
 
 
+# A decode; a one-token prompt's prefill (one row too); heads only the torch backend takes (not a power of
+# two), where the projection leaves the cache to the backend.
+@pytest.mark.parametrize(("lengths", "head_dim"), [(DECODES[1:2], 32), (DECODES[0:1], 32), (DECODES[1:2], 48)])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_attention_block_with_the_projection_storing_keys_and_values(
-    monkeypatch: pytest.MonkeyPatch, with_residual: bool
+    monkeypatch: pytest.MonkeyPatch, with_residual: bool, lengths: list[tuple[int, int]], head_dim: int
 ) -> None:
     """At one row the q/k/v projection rotates and stores, and attention only attends: the block's output,
     residual and cache are those of the unfused path."""
-    config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
                          max_position_embeddings=256)
     torch.manual_seed(1)
-    block = llama_module.LlamaAttention(config, 0, RotaryEmbedding(config, 32), llama_module.AttentionOptions(
+    block = llama_module.LlamaAttention(config, 0, RotaryEmbedding(config, head_dim), llama_module.AttentionOptions(
         qkv_bias=False, output_bias=False)).to(DEVICE, DTYPE)
     norm, _ = layers(64, 1, bias=False)
-    batch = make_batch(DECODES[1:2], 4, 2, 32, block_size=16, dtype=DTYPE)
+    batch = make_batch(lengths, 4, 2, head_dim, block_size=16, dtype=DTYPE)
     positions = batch.metadata.seq_lens - 1
     hidden = torch.randn(1, 64).to(DEVICE, DTYPE)
     residual = torch.randn(1, 64).to(DEVICE, DTYPE) if with_residual else None

@@ -62,7 +62,8 @@ def stored_qkv_projection(
     """`normed_projection` of a fused q/k/v projection that also rotates the queries and keys and stores the
     keys and values in `attention`'s cache: (rotated queries, next residual), for `Attention.attend`.
 
-    Only where `fuses(hidden, linear)` and without per-head norms: one launch instead of two."""
+    Only where `fuses(hidden, linear)`, without per-head norms, and with heads a power of two >= 16 wide (as
+    `LlamaAttention.stores_in_projection` checks): one launch instead of two."""
     from lmserve.kernels.gemv import RotaryStore, gemv
 
     query_size = attention.num_heads * attention.head_dim
