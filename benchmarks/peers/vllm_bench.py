@@ -60,11 +60,13 @@ def main() -> None:
     kv_bytes = kv_element_size({"kv_cache_dtype": args.kv_cache_dtype})
     bandwidth = measure_copy_bandwidth()
     requests = make_requests(args.num_prompts, (100, 1024), (100, 1024), args.seed)
-    generate([r.prompt_token_ids for r in requests[:8]], [16] * 8)  # warm-up
     num_output = sum(r.output_len for r in requests)
     floor = floor_seconds(config, requests, bandwidth, kv_bytes)
     throughput = []
     for sampling in args.sampling or [{}]:
+        # Each run starts as throughput.py's fresh engine does: only the warm-up's prompts in the prefix cache.
+        llm.reset_prefix_cache()
+        generate([r.prompt_token_ids for r in requests[:8]], [16] * 8)  # warm-up
         elapsed = generate([r.prompt_token_ids for r in requests], [r.output_len for r in requests], sampling)
         throughput.append({"workload": {"config": args.config, "num_prompts": args.num_prompts, "seed": args.seed,
                                         "output_tokens": num_output, "sampling": sampling},
