@@ -296,15 +296,17 @@ def gemv(
 def _check_store(store: RotaryStore, num_rows: int, num_out: int, block_n: int, dtype: torch.dtype) -> None:
     head_dim = 2 * store.cos_cache.shape[1]
     key_size = (num_out - store.query_size) // 2
-    if store.query_size % head_dim or key_size % head_dim or store.query_size + 2 * key_size != num_out:
+    splits = 0 < store.query_size < num_out and store.query_size + 2 * key_size == num_out
+    if not splits or store.query_size % head_dim or key_size % head_dim:
         raise ValueError(f"{num_out} projection rows do not split into {store.query_size} query rows and "
                          f"two equal parts of whole {head_dim}-wide heads")
     if (head_dim // 2) % (block_n // 2):
         raise ValueError(f"a program's {block_n // 2} rotary pairs must lie in one head of {head_dim}")
-    if store.positions.shape != (num_rows,) or store.slot_mapping.shape != (num_rows,):
-        raise ValueError(f"positions and slot_mapping must be [{num_rows}]")
-    if not (store.cos_cache.is_contiguous() and store.sin_cache.is_contiguous()):
-        raise ValueError("the cos/sin caches must be contiguous")
+    if any(index.shape != (num_rows,) or index.stride(0) != 1 for index in (store.positions, store.slot_mapping)):
+        raise ValueError(f"positions and slot_mapping must be contiguous [{num_rows}]")
+    if store.sin_cache.shape != store.cos_cache.shape or not (store.cos_cache.is_contiguous()
+                                                               and store.sin_cache.is_contiguous()):
+        raise ValueError("the cos/sin caches must be contiguous and of one shape")
     kv_heads = torch.empty(0, key_size // head_dim, head_dim, dtype=dtype)  # only its shape and dtype are checked
     check_kv_cache_write(kv_heads, kv_heads, store.kv_cache)
 
