@@ -135,6 +135,14 @@ def gumbel_race(
     return _two_stage_argmax(logits, temperature, keys, counters, tile, target_programs)
 
 
+def chunking(num_rows: int, num_tiles: int, target_programs: int) -> tuple[int, int]:
+    """(tiles per chunk, chunks per row) of a two-stage row reduction. Few rows: one tile per program, so a
+    single row still covers the SMs. Many rows: longer chunks, so the launch stays near target_programs and
+    stage 2 has little left to do."""
+    tiles_per_chunk = triton.cdiv(num_tiles, max(1, min(num_tiles, target_programs // num_rows)))
+    return tiles_per_chunk, triton.cdiv(num_tiles, tiles_per_chunk)
+
+
 def _two_stage_argmax(
     logits: torch.Tensor,
     temperature: torch.Tensor | None,
@@ -151,11 +159,8 @@ def _two_stage_argmax(
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     if num_rows == 0:
         return out
-    # Few rows: one tile per program, so a single row still covers the SMs. Many rows: longer chunks,
-    # so the launch stays near target_programs and stage 2 has little left to do.
     num_tiles = triton.cdiv(vocab_size, tile)
-    tiles_per_chunk = triton.cdiv(num_tiles, max(1, min(num_tiles, target_programs // num_rows)))
-    num_chunks = triton.cdiv(num_tiles, tiles_per_chunk)
+    tiles_per_chunk, num_chunks = chunking(num_rows, num_tiles, target_programs)
     chunk_max = torch.empty(num_rows, num_chunks, dtype=torch.float32, device=logits.device)
     chunk_index = torch.empty(num_rows, num_chunks, dtype=torch.int32, device=logits.device)
     race = keys is not None

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.kernels.argmax import _NO_INDEX, TARGET_PROGRAMS, first_max, gumbel_noise
+from lmserve.kernels.argmax import _NO_INDEX, TARGET_PROGRAMS, chunking, first_max, gumbel_noise
 from lmserve.sample.gumbel import MAX_ROUNDS
 
 TILE = 1024
@@ -143,11 +143,9 @@ def top_p_race(scores: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor, co
     out = torch.empty(num_rows, dtype=torch.int64, device=scores.device)
     if num_rows == 0:
         return out
-    # Chunks as the argmax cuts them: one tile each for a single row, so that it covers the SMs; fewer,
-    # longer ones as rows grow. No constant follows the row count, so no batch size compiles a new variant.
+    # Chunks as the argmax cuts them. No constant follows the row count, so no batch size compiles a new variant.
     num_tiles = triton.cdiv(vocab_size, tile)
-    tiles_per_chunk = triton.cdiv(num_tiles, max(1, min(num_tiles, target_programs // num_rows)))
-    num_chunks = triton.cdiv(num_tiles, tiles_per_chunk)
+    tiles_per_chunk, num_chunks = chunking(num_rows, num_tiles, target_programs)
     chunk_floats = torch.empty(num_rows, 3, num_chunks, dtype=torch.float32, device=scores.device)
     chunk_indices = torch.empty(num_rows, 2, num_chunks, dtype=torch.int32, device=scores.device)
     _chunk_kernel[(num_rows, num_chunks)](scores, keys, counters, chunk_floats, chunk_indices, vocab_size,
