@@ -9,6 +9,7 @@ import torch
 from lmserve.kernels.argmax import argmax, gumbel_race, reference_argmax
 from lmserve.sample import gumbel
 from tests.kernels.paged_batch import DEVICE
+from tests.kernels.triton_setup import record_launches
 
 # Small tiles and launches, so that rows span several chunks and stage 2 has work under the interpreter.
 SMALL = {"tile": 16, "target_programs": 8}
@@ -98,20 +99,7 @@ def test_every_row_count_launches_the_same_variants(monkeypatch: pytest.MonkeyPa
     would compile a new kernel variant (a stalled step) at each new one."""
     from lmserve.kernels import argmax as argmax_module
 
-    launched = []
-
-    class Recorder:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **constants):
-                launched.append((self.kernel.__name__, tuple(sorted(constants.items()))))
-                return self.kernel[grid](*args, **constants)
-            return launch
-
-    for name in ("_chunk_argmax_kernel", "_row_argmax_kernel"):
-        monkeypatch.setattr(argmax_module, name, Recorder(getattr(argmax_module, name)))
+    launched = record_launches(monkeypatch, argmax_module, ("_chunk_argmax_kernel", "_row_argmax_kernel"))
     for rows in (1, 3, 9, 40):
         logits = random_logits(rows, 3000, torch.float32, seed=rows)
         assert torch.equal(argmax(logits, tile=16, target_programs=64), reference_argmax(logits))

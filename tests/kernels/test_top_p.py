@@ -8,6 +8,7 @@ import torch
 from lmserve.kernels.top_p import top_p_race
 from lmserve.sample import gumbel
 from tests.kernels.paged_batch import DEVICE
+from tests.kernels.triton_setup import record_launches
 
 
 def race_inputs(rows: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,20 +80,7 @@ def test_every_row_count_launches_the_same_variants(monkeypatch: pytest.MonkeyPa
     """Sampling runs outside the CUDA graphs at every batch size: no constant may follow the row count."""
     from lmserve.kernels import top_p as top_p_module
 
-    launched = []
-
-    class Recorder:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **constants):
-                launched.append((self.kernel.__name__, tuple(sorted(constants.items()))))
-                return self.kernel[grid](*args, **constants)
-            return launch
-
-    for name in ("_chunk_kernel", "_row_kernel"):
-        monkeypatch.setattr(top_p_module, name, Recorder(getattr(top_p_module, name)))
+    launched = record_launches(monkeypatch, top_p_module, ("_chunk_kernel", "_row_kernel"))
     for rows in (1, 3, 9, 20):  # 19 chunks of one tile each down to one chunk of 19 tiles
         scores, keys, counters = race_inputs(rows, 300, seed=rows)
         top_p = torch.full((rows,), 0.8, device=DEVICE)

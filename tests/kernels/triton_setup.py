@@ -37,6 +37,26 @@ def run_compiling(arguments: list[str], **environment: str) -> subprocess.Comple
                           text=True, timeout=300)
 
 
+def record_launches(monkeypatch, module, kernel_names: tuple[str, ...]) -> list[tuple[str, tuple]]:
+    """Wrap `module`'s kernels so that each launch appends (kernel name, its constants) to the returned list:
+    the kernel variants a run compiles."""
+    launched = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **constants):
+                launched.append((self.kernel.__name__, tuple(sorted(constants.items()))))
+                return self.kernel[grid](*args, **constants)
+            return launch
+
+    for name in kernel_names:
+        monkeypatch.setattr(module, name, Recorder(getattr(module, name)))
+    return launched
+
+
 def _let_interpreter_index_with_numpy_scalars(interpreter) -> None:
     """The interpreter keeps scalars as 1-element arrays and turns them into loop bounds with `int(array)`,
     which numpy >= 2.4 refuses for arrays that are not 0-d (Triton 3.7+ squeezes first)."""
