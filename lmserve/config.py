@@ -153,6 +153,9 @@ class RunnerConfig:
     # How projection weights lie in memory: "out_in" (as checkpoints hold them) or "in_out", which cuBLAS
     # serves with other kernels: faster for some models and batch sizes (lmserve.worker.projection_layout)
     projection_layout: str = "out_in"
+    # [fewest, most] rows at which projections run lmserve's stream-K GEMM (lmserve.kernels.matmul) on the GPU
+    # instead of cuBLAS; None: cuBLAS at every row count
+    stream_k_rows: list[int] | None = None
     # None: 1, 2, 4, 8, 16, 24, 32, then every 16 up to min(max_num_seqs, 512); sizes are capped at max_num_seqs
     cuda_graph_batch_sizes: list[int] | None = None
     # None: 256, 512, then every 1024 up to max_num_batched_tokens; sizes are capped at max_num_batched_tokens
@@ -164,6 +167,10 @@ class RunnerConfig:
         if self.projection_layout not in PROJECTION_LAYOUTS:
             choices = " or ".join(PROJECTION_LAYOUTS)
             raise ConfigError(f"projection_layout must be {choices}, got {self.projection_layout!r}")
+        rows = self.stream_k_rows
+        if rows is not None and not (len(rows) == 2 and all(isinstance(r, int) for r in rows)
+                                     and 1 <= rows[0] <= rows[1]):
+            raise ConfigError(f"stream_k_rows must be [fewest, most] with 1 <= fewest <= most, got {rows!r}")
         sizes = self.cuda_graph_batch_sizes
         if sizes is not None and (not sizes or any(not isinstance(s, int) or s < 1 for s in sizes)):
             raise ConfigError(

@@ -14,6 +14,7 @@ from lmserve.config import EngineConfig
 from lmserve.engine.scheduler import SchedulerOutput
 from lmserve.errors import ConfigError
 from lmserve.models import load_model
+from lmserve.models.layers.projection import use_stream_k
 from lmserve.outputs import PositionLogprobs
 from lmserve.sample import LogprobsTensors, Sampler, SamplingMetadata, compute_logprobs, to_position_logprobs
 from lmserve.sampling_params import SamplingParams
@@ -112,6 +113,8 @@ class ModelRunner:
             model_config.load_seed,
         )
         apply_projection_layout(self.model, config.runner.projection_layout)
+        stream_k_rows = config.runner.stream_k_rows
+        use_stream_k(range(stream_k_rows[0], stream_k_rows[1] + 1) if stream_k_rows else range(0))
         self.backend = _attention_backend(config.runner.attention_backend)
         _check_float8_cache_support(config, self.device)
         self.sampler = Sampler()

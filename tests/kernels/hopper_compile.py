@@ -16,6 +16,7 @@ from lmserve.kernels.activation import _silu_and_mul_kernel
 from lmserve.kernels.argmax import _chunk_argmax_kernel, _row_argmax_kernel
 from lmserve.kernels.gemv import _gemv_kernel
 from lmserve.kernels.kv_cache import _write_kv_cache_kernel
+from lmserve.kernels.matmul import _stream_k_kernel, tiles_for
 from lmserve.kernels.paged_attention import _merge_splits_kernel, _paged_attention_kernel
 from lmserve.kernels.rms_norm import _rms_norm_kernel
 from lmserve.kernels.rotary import _rotary_kernel
@@ -132,7 +133,15 @@ def compile_all_variants() -> None:
     compile_for_hopper(_top_p_chunk_kernel, "fp32", {"TILE": 1024}, 4, pointers=top_p_buffers)
     compile_for_hopper(_top_p_row_kernel, "fp32", {"CHUNKS": 256, "TILE": 1024, "MAX_ROUNDS": 64}, 4,
                        pointers=top_p_buffers)
-
+    # The stream-K GEMM at each tile tiles_for picks; x, weight and out come as tensor (TMA) descriptors.
+    for rows in (64, 128, 256):
+        tiles = tiles_for(rows)
+        m, n, k = tiles.block_m, tiles.block_n, tiles.block_k
+        constants = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "NUM_STAGES": tiles.num_stages}
+        descriptors = {"x_desc": f"tensordesc<bf16[{m},{k}]>", "weight_desc": f"tensordesc<bf16[{n},{k}]>",
+                       "out_desc": f"tensordesc<bf16[{m},{n}]>"}
+        compile_for_hopper(_stream_k_kernel, "bf16", constants, tiles.num_warps,
+                           pointers=descriptors | {"partials_ptr": "*fp32", "flags_ptr": "*i32"})
 
 if __name__ == "__main__":
     compile_all_variants()

@@ -17,6 +17,7 @@ from lmserve.models.layers import RMSNorm, RotaryEmbedding
 from lmserve.models.layers import projection as projection_module
 from lmserve.models.layers.projection import gated_projection, normed_projection, projection
 from tests.kernels.paged_batch import DECODES, DEVICE, make_batch
+from tests.kernels.triton_setup import record_launches
 
 DTYPE = torch.bfloat16
 
@@ -54,6 +55,34 @@ def test_normed_projection(monkeypatch: pytest.MonkeyPatch, with_residual: bool)
 
     assert_close(actual, expected)
     assert_close(actual_residual, expected_residual)
+
+
+def test_projections_run_the_stream_k_gemm_where_the_tiles_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Projections of the row counts `use_stream_k` names take the stream-K GEMM (forced here, where the CPU
+    would not: it runs in Triton's interpreter) when their shapes fit its tiles, F.linear otherwise."""
+    from lmserve.kernels import matmul as matmul_module
+    from lmserve.kernels.matmul import supports
+
+    norm, gate_up = layers(64, 256, bias=False)
+    _, down = layers(128, 64, bias=False)  # 64 outputs: not a whole tile, so F.linear
+    _, with_bias = layers(64, 128, bias=True)  # the GEMM adds no bias, so F.linear
+    torch.manual_seed(2)
+    hidden, residual = torch.randn(130, 64).to(DEVICE, DTYPE), torch.randn(130, 64).to(DEVICE, DTYPE)
+    gate_up_out = torch.randn(130, 256).to(DEVICE, DTYPE)
+
+    def compute():
+        return (*normed_projection(norm, gate_up, hidden, residual), gated_projection(down, gate_up_out),
+                projection(with_bias, hidden), projection(gate_up, hidden[:2]))
+
+    expected = compute()
+    launches = record_launches(monkeypatch, matmul_module, ("_stream_k_kernel",))
+    monkeypatch.setattr(projection_module, "streams_k",
+                        lambda x, layer: x.shape[0] >= 128 and layer.bias is None and supports(x, layer.weight))
+    actual = compute()
+
+    assert len(launches) == 1, "only gate/up at 130 rows fits; 2 rows are below the stream-K rows"
+    for got, want in zip(actual, expected, strict=True):
+        assert_close(got, want)
 
 
 def test_projection_and_gated_projection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,3 +139,18 @@ def test_on_a_gpu_only_one_row_of_a_16_bit_weight_fuses() -> None:
     assert not projection_module.fuses(one_row.repeat(2, 1), small)
     assert not projection_module.fuses(one_row.float(), small.float())
     assert not projection_module.fuses(one_row.cpu(), small.cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_stream_k_rows_of_a_16_bit_weight_without_bias_take_the_gemm(monkeypatch) -> None:
+    monkeypatch.setattr(projection_module, "_stream_k_rows", range(128, 257))
+    layer = nn.Linear(1024, 2048, bias=False).to("cuda", DTYPE)
+    rows = torch.randn(256, 1024, device="cuda", dtype=DTYPE)
+    assert projection_module.streams_k(rows, layer) and projection_module.streams_k(rows[:128], layer)
+    assert not projection_module.streams_k(rows[:127], layer)
+    assert not projection_module.streams_k(torch.cat([rows, rows[:1]]), layer)
+    assert not projection_module.streams_k(rows.float(), nn.Linear(1024, 2048, bias=False).to("cuda"))
+    assert not projection_module.streams_k(rows, nn.Linear(1024, 2048).to("cuda", DTYPE))
+    assert not projection_module.streams_k(rows.cpu(), nn.Linear(1024, 2048, bias=False).to(dtype=DTYPE))
+    assert_close(projection(layer, rows), layer(rows))

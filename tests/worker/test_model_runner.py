@@ -78,3 +78,21 @@ def test_a_float8_cache_on_a_gpu_without_float8_is_a_config_error(tiny_models, m
         _check_float8_cache_support(config, torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
     _check_float8_cache_support(config, torch.device("cuda"))
+
+
+def test_stream_k_rows_set_the_row_counts_that_take_the_stream_k_gemm(tiny_models):
+    from lmserve.models.layers import projection
+
+    try:
+        make_runner(tiny_models.get("llama"), stream_k_rows=[128, 512])
+        assert projection._stream_k_rows == range(128, 513)
+        make_runner(tiny_models.get("llama"))
+        assert projection._stream_k_rows == range(0)
+    finally:
+        projection.use_stream_k(range(0))
+
+
+@pytest.mark.parametrize("rows", [[0, 512], [256, 128], [128], [128.0, 256]])
+def test_stream_k_rows_out_of_order_or_below_one_are_a_config_error(tiny_models, rows):
+    with pytest.raises(ConfigError, match=r"stream_k_rows must be \[fewest, most\]"):
+        make_runner(tiny_models.get("llama"), stream_k_rows=rows)
