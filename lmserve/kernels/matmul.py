@@ -10,8 +10,9 @@ finishes it: it adds the partial sums that the earlier programs sharing the tile
 program order (so results are deterministic), and stores the output. Each program runs its units from the
 end backwards: the partial it leaves for the next program (its run's last, unfinished tile) is computed
 first, and the partials it needs (from its run's first tile) are awaited last, by when they are written.
-A program only ever waits on programs with lower ids, which holds under Triton's interpreter (programs run
-one by one in id order) and on the GPU (the grid fits in one wave, so all programs are resident).
+A program only ever waits on programs with lower ids, and ids are drawn from a counter as programs start
+(not taken from the launch grid), so a program waits only on programs already running: no deadlock, even
+where other work holds some SMs. (Under Triton's interpreter programs run one by one, in id order.)
 """
 
 from __future__ import annotations
@@ -48,10 +49,13 @@ def tiles_for(num_rows: int) -> MatmulTiles:
 
 @triton.jit
 def _stream_k_kernel(
-    x_desc, weight_desc, out_desc, partials_ptr, flags_ptr, num_rows, num_out, num_in, units_per_program,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    x_desc, weight_desc, out_desc, partials_ptr, flags_ptr, ticket_ptr, num_rows, num_out, num_in,
+    units_per_program, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.atomic_add(ticket_ptr, 1)  # this program's id: the number of programs that started before it
+    if pid == tl.num_programs(0) - 1:
+        tl.atomic_xchg(ticket_ptr, 0, sem="relaxed")  # all have drawn: ready for the next launch
     tiles_m = tl.cdiv(num_rows, BLOCK_M)
     steps = num_in // BLOCK_K  # k-steps per tile
     total = tiles_m * (num_out // BLOCK_N) * steps
@@ -82,38 +86,51 @@ def _stream_k_kernel(
                 while tl.atomic_add(flags_ptr + sharer, 0, sem="acquire") == 0:
                     pass
                 acc += tl.load(partials_ptr + sharer * BLOCK_M * BLOCK_N + tile_offsets, cache_modifier=".cg")
-                tl.atomic_xchg(flags_ptr + sharer, 0)  # ready for the next launch
+                tl.atomic_xchg(flags_ptr + sharer, 0, sem="relaxed")  # ready for the next launch
             out_desc.store([row, col], acc.to(out_desc.dtype))  # rows past num_rows are not written
         end = tile_start + k_begin
 
 
 class _Workspace:
-    """Per device: the partial tiles (one per program) and the ready flags, which the finishing programs
-    reset to zero, so one zeroed allocation serves every launch, CUDA graph replays included. Launches on
-    one device share it, so they must not run concurrently (the engine runs its steps on one stream).
+    """Per device: the partial tiles (one per program), the ready flags and the id counter, which the
+    programs reset to zero, so one zeroed allocation serves every launch, CUDA graph replays included.
+    Launches on one device share it, so they must not run concurrently (the engine runs its steps on one
+    stream).
 
     A graph keeps the addresses it was captured with, so a workspace is never freed: when a launch needs a
-    larger one, the smaller one is kept alive beside it."""
+    larger one, the smaller one is kept alive beside it. None is allocated during a capture (its zeroing
+    would only be recorded): `reserve_workspace` first."""
 
     def __init__(self) -> None:
         self._by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._outgrown: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def get(self, device: torch.device, programs: int, tile_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, device: torch.device, programs: int, tile_elements: int) -> tuple[torch.Tensor, ...]:
+        """(partials, flags, ticket) for a launch of `programs` programs with tiles of `tile_elements`."""
         held = self._by_device.get(device)
-        if held is None or held[0].numel() < programs * tile_elements or held[1].numel() < programs:
+        if held is None or held[0].numel() < programs * tile_elements or held[1].numel() <= programs:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("the stream-K workspace must be allocated before a CUDA graph capture: "
+                                   "call lmserve.kernels.matmul.reserve_workspace(device) first")
             if held is not None:
                 self._outgrown.append(held)
             # Room for the largest tile tiles_for picks, so that the engine's launches need one allocation.
             programs = max(programs, program_count(device))
             tile_elements = max(tile_elements, 256 * 128)
             held = (torch.empty(programs * tile_elements, dtype=torch.float32, device=device),
-                    torch.zeros(programs, dtype=torch.int32, device=device))
+                    torch.zeros(programs + 1, dtype=torch.int32, device=device))  # flags, then the id counter
             self._by_device[device] = held
-        return held
+        partials, counters = held
+        return partials, counters[:-1], counters[-1:]
 
 
 _WORKSPACE = _Workspace()
+
+
+def reserve_workspace(device: torch.device) -> None:
+    """Allocate the device's workspace for every launch `matmul` makes with its own tiles: before CUDA
+    graphs are captured, and before the memory profile, so that it counts."""
+    _WORKSPACE.get(device, program_count(device), 256 * 128)
 
 
 def program_count(device: torch.device) -> int:
@@ -129,8 +146,8 @@ def supports(x: torch.Tensor, weight: torch.Tensor, tiles: MatmulTiles | None = 
     tensor memory accelerator reads: unit stride along the inner dimension, rows 16-byte aligned."""
     tiles = tiles or MatmulTiles()
     num_out, num_in = weight.shape
-    return (x.dim() == 2 and x.shape[1] == num_in and x.dtype == weight.dtype in HALF_DTYPES
-            and num_out % tiles.block_n == 0 and num_in % tiles.block_k == 0
+    return (x.dim() == 2 and x.shape[1] == num_in and x.dtype == weight.dtype in HALF_DTYPES and num_out > 0
+            and num_in > 0 and num_out % tiles.block_n == 0 and num_in % tiles.block_k == 0
             and all(t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
                     for t in (x, weight)))
 
@@ -152,12 +169,12 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, tiles: MatmulTiles | None = No
     programs = min(programs or program_count(x.device), units)
     units_per_program = triton.cdiv(units, programs)
     programs = triton.cdiv(units, units_per_program)
-    partials, flags = _WORKSPACE.get(x.device, programs, tiles.block_m * tiles.block_n)
+    partials, flags, ticket = _WORKSPACE.get(x.device, programs, tiles.block_m * tiles.block_n)
     _stream_k_kernel[(programs,)](
         TensorDescriptor.from_tensor(x, [tiles.block_m, tiles.block_k]),
         TensorDescriptor.from_tensor(weight, [tiles.block_n, tiles.block_k]),
         TensorDescriptor.from_tensor(out, [tiles.block_m, tiles.block_n]),
-        partials, flags, num_rows, num_out, num_in, units_per_program,
+        partials, flags, ticket, num_rows, num_out, num_in, units_per_program,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, NUM_STAGES=tiles.num_stages,
         num_warps=tiles.num_warps,
     )

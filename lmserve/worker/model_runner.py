@@ -115,6 +115,10 @@ class ModelRunner:
         apply_projection_layout(self.model, config.runner.projection_layout)
         stream_k_rows = config.runner.stream_k_rows
         use_stream_k(range(stream_k_rows[0], stream_k_rows[1] + 1) if stream_k_rows else range(0))
+        if stream_k_rows and self.device.type == "cuda":
+            from lmserve.kernels.matmul import reserve_workspace  # needs triton: import on demand
+
+            reserve_workspace(self.device)  # before the memory profile and graph capture
         self.backend = _attention_backend(config.runner.attention_backend)
         _check_float8_cache_support(config, self.device)
         self.sampler = Sampler()

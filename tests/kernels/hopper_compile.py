@@ -141,7 +141,7 @@ def compile_all_variants() -> None:
         descriptors = {"x_desc": f"tensordesc<bf16[{m},{k}]>", "weight_desc": f"tensordesc<bf16[{n},{k}]>",
                        "out_desc": f"tensordesc<bf16[{m},{n}]>"}
         compile_for_hopper(_stream_k_kernel, "bf16", constants, tiles.num_warps,
-                           pointers=descriptors | {"partials_ptr": "*fp32", "flags_ptr": "*i32"})
+                           pointers=descriptors | {"partials_ptr": "*fp32", "flags_ptr": "*i32", "ticket_ptr": "*i32"})
 
 if __name__ == "__main__":
     compile_all_variants()

@@ -37,9 +37,9 @@ def streams_k(x: torch.Tensor, layer: nn.Linear) -> bool:
     """Whether this projection of x runs in the stream-K GEMM."""
     if not (x.is_cuda and _HAS_TRITON and layer.bias is None and x.dim() == 2 and x.shape[0] in _stream_k_rows):
         return False
-    from lmserve.kernels.matmul import supports  # needs triton: import on demand
+    from lmserve.kernels.matmul import supports, tiles_for  # needs triton: import on demand
 
-    return supports(x, layer.weight)
+    return supports(x, layer.weight, tiles_for(x.shape[0]))
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
