@@ -167,7 +167,13 @@ def _paged_attention_kernel(
 
         values = tl.load(
             cache_head + stride_cache_kv + slot_offsets[:, None] + dims[None, :], mask=key_valid[:, None], other=0.0
-        ).to(query.dtype)
+        )
+        if values.dtype != query.dtype:
+            # Widen a float8 cache's values before the dot stages them in shared memory, so the dot reads them
+            # as 16-bit words (ldmatrix.trans). Left alone, Triton moves the widening after the staging, where
+            # the transposed read has no 8-bit form: one shared-memory load per byte. A select is an op Triton
+            # does not move the staging above.
+            values = tl.where(key_valid[:, None], values.to(query.dtype), 0.0)
         acc *= correction[:, None]
         if FP32_DOT:
             acc += tl.dot(probs, values, input_precision="ieee")
