@@ -17,6 +17,8 @@ stall its step on a compile.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -135,12 +137,35 @@ def gumbel_race(
     return _two_stage_argmax(logits, temperature, keys, counters, tile, target_programs)
 
 
-def chunking(num_rows: int, num_tiles: int, target_programs: int) -> tuple[int, int]:
-    """(tiles per chunk, chunks per row) of a two-stage row reduction. Few rows: one tile per program, so a
-    single row still covers the SMs. Many rows: longer chunks, so the launch stays near target_programs and
-    stage 2 has little left to do."""
-    tiles_per_chunk = triton.cdiv(num_tiles, max(1, min(num_tiles, target_programs // num_rows)))
-    return tiles_per_chunk, triton.cdiv(num_tiles, tiles_per_chunk)
+@dataclass(frozen=True)
+class RowChunks:
+    """How a two-stage row reduction cuts [rows, vocab] scores into chunks of whole tiles. Few rows: one tile a
+    chunk, so a single row still covers the SMs. Many rows: longer chunks, so the launch stays near
+    `target_programs` and stage 2 has little left to do. No constant follows the row count, so no batch size
+    compiles a new variant."""
+
+    scores: torch.Tensor  # contiguous along each row
+    tiles_per_chunk: int
+    num_chunks: int  # a row's
+    max_chunks: int  # the most any launch makes (one tile a chunk), as a power of two: stage 2's block
+
+    @classmethod
+    def of(cls, scores: torch.Tensor, tile: int, target_programs: int) -> RowChunks:
+        if scores.dim() != 2 or scores.shape[1] == 0:
+            raise ValueError(f"scores must be [rows, vocab] with vocab > 0, got {tuple(scores.shape)}")
+        if scores.stride(1) != 1:
+            scores = scores.contiguous()
+        num_rows, num_tiles = scores.shape[0], triton.cdiv(scores.shape[1], tile)
+        tiles_per_chunk = triton.cdiv(num_tiles, max(1, min(num_tiles, target_programs // max(num_rows, 1))))
+        return cls(scores, tiles_per_chunk, triton.cdiv(num_tiles, tiles_per_chunk), triton.next_power_of_2(num_tiles))
+
+    @property
+    def num_rows(self) -> int:
+        return self.scores.shape[0]
+
+    def empty_tokens(self) -> torch.Tensor:
+        """The launch's output: a token per row."""
+        return torch.empty(self.num_rows, dtype=torch.int64, device=self.scores.device)
 
 
 def _two_stage_argmax(
@@ -151,28 +176,21 @@ def _two_stage_argmax(
     tile: int,
     target_programs: int,
 ) -> torch.Tensor:
-    if logits.dim() != 2 or logits.shape[1] == 0:
-        raise ValueError(f"logits must be [rows, vocab] with vocab > 0, got {tuple(logits.shape)}")
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
-    num_rows, vocab_size = logits.shape
-    out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
-    if num_rows == 0:
+    chunks = RowChunks.of(logits, tile, target_programs)
+    out = chunks.empty_tokens()
+    if chunks.num_rows == 0:
         return out
-    num_tiles = triton.cdiv(vocab_size, tile)
-    tiles_per_chunk, num_chunks = chunking(num_rows, num_tiles, target_programs)
-    chunk_max = torch.empty(num_rows, num_chunks, dtype=torch.float32, device=logits.device)
-    chunk_index = torch.empty(num_rows, num_chunks, dtype=torch.int32, device=logits.device)
+    logits = chunks.scores
+    chunk_max = torch.empty(chunks.num_rows, chunks.num_chunks, dtype=torch.float32, device=logits.device)
+    chunk_index = torch.empty(chunks.num_rows, chunks.num_chunks, dtype=torch.int32, device=logits.device)
     race = keys is not None
     # A pointer the variant never reads gets the logits' as a stand-in.
-    _chunk_argmax_kernel[(num_rows, num_chunks)](
+    _chunk_argmax_kernel[(chunks.num_rows, chunks.num_chunks)](
         logits, logits if temperature is None else temperature, keys if race else logits,
-        counters if race else logits, chunk_max, chunk_index, vocab_size, logits.stride(0), tiles_per_chunk,
-        TILE=tile, SCALE=temperature is not None, RACE=race,
+        counters if race else logits, chunk_max, chunk_index, logits.shape[1], logits.stride(0),
+        chunks.tiles_per_chunk, TILE=tile, SCALE=temperature is not None, RACE=race,
     )
-    # One tile per chunk (a single row) is the most chunks a launch makes.
-    max_chunks = triton.next_power_of_2(num_tiles)
-    _row_argmax_kernel[(num_rows,)](chunk_max, chunk_index, out, num_chunks, CHUNKS=max_chunks)
+    _row_argmax_kernel[(chunks.num_rows,)](chunk_max, chunk_index, out, chunks.num_chunks, CHUNKS=chunks.max_chunks)
     return out
 
 

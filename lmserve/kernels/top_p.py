@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmserve.kernels.argmax import _NO_INDEX, TARGET_PROGRAMS, chunking, first_max, gumbel_noise
+from lmserve.kernels.argmax import _NO_INDEX, TARGET_PROGRAMS, RowChunks, first_max, gumbel_noise
 from lmserve.sample.gumbel import MAX_ROUNDS
 
 TILE = 1024
@@ -136,21 +136,15 @@ def top_p_race(scores: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor, co
 
     `tile` and `target_programs` exist for tests, which keep them small under the interpreter.
     """
-    scores = scores.float()
-    if scores.stride(1) != 1:
-        scores = scores.contiguous()
-    num_rows, vocab_size = scores.shape
-    out = torch.empty(num_rows, dtype=torch.int64, device=scores.device)
-    if num_rows == 0:
+    chunks = RowChunks.of(scores.float(), tile, target_programs)  # as the argmax cuts them
+    out = chunks.empty_tokens()
+    if chunks.num_rows == 0:
         return out
-    # Chunks as the argmax cuts them. No constant follows the row count, so no batch size compiles a new variant.
-    num_tiles = triton.cdiv(vocab_size, tile)
-    tiles_per_chunk, num_chunks = chunking(num_rows, num_tiles, target_programs)
+    scores, num_rows, num_chunks = chunks.scores, chunks.num_rows, chunks.num_chunks
     chunk_floats = torch.empty(num_rows, 3, num_chunks, dtype=torch.float32, device=scores.device)
     chunk_indices = torch.empty(num_rows, 2, num_chunks, dtype=torch.int32, device=scores.device)
-    _chunk_kernel[(num_rows, num_chunks)](scores, keys, counters, chunk_floats, chunk_indices, vocab_size,
-                                         scores.stride(0), tiles_per_chunk, TILE=tile)
-    _row_kernel[(num_rows,)](scores, top_p, keys, counters, chunk_floats, chunk_indices, out, vocab_size,
-                             scores.stride(0), num_chunks, CHUNKS=triton.next_power_of_2(num_tiles), TILE=tile,
-                             MAX_ROUNDS=MAX_ROUNDS)
+    _chunk_kernel[(num_rows, num_chunks)](scores, keys, counters, chunk_floats, chunk_indices, scores.shape[1],
+                                         scores.stride(0), chunks.tiles_per_chunk, TILE=tile)
+    _row_kernel[(num_rows,)](scores, top_p, keys, counters, chunk_floats, chunk_indices, out, scores.shape[1],
+                             scores.stride(0), num_chunks, CHUNKS=chunks.max_chunks, TILE=tile, MAX_ROUNDS=MAX_ROUNDS)
     return out

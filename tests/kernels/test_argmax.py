@@ -56,9 +56,9 @@ def test_rows_of_a_wider_buffer_and_bad_shapes() -> None:
     logits = wide[:, :500]  # rows with a stride wider than the vocabulary
     assert torch.equal(argmax(logits, **SMALL), reference_argmax(logits))
     assert argmax(torch.empty(0, 8, device=DEVICE)).shape == (0,)
-    with pytest.raises(ValueError, match="logits must be"):
+    with pytest.raises(ValueError, match="scores must be"):
         argmax(torch.empty(2, 0, device=DEVICE))
-    with pytest.raises(ValueError, match="logits must be"):
+    with pytest.raises(ValueError, match="scores must be"):
         argmax(torch.empty(8, device=DEVICE))
 
 

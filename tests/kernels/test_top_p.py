@@ -68,12 +68,15 @@ def test_after_the_last_round_rejects_the_row_takes_its_top_token(monkeypatch: p
     assert tokens.tolist() == [599, 599, 599]
 
 
-def test_rows_of_a_wider_buffer_and_no_rows() -> None:
+def test_rows_of_a_wider_buffer_no_rows_and_bad_shapes() -> None:
     scores, keys, counters = race_inputs(3, 520, seed=0)
     top_p = torch.full((3,), 0.4, device=DEVICE)
     assert torch.equal(top_p_race(scores[:, :500], top_p, keys, counters, tile=16),
                        gumbel.top_p_race(scores[:, :500], top_p, keys, counters))
     assert top_p_race(scores[:0], top_p[:0], keys[:0], counters[:0]).shape == (0,)
+    for bad in (scores[:, :0], scores[0]):  # no vocabulary; one row without its batch dimension
+        with pytest.raises(ValueError, match="scores must be"):
+            top_p_race(bad, top_p, keys, counters)
 
 
 def test_every_row_count_launches_the_same_variants(monkeypatch: pytest.MonkeyPatch) -> None:
