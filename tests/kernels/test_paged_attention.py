@@ -11,7 +11,7 @@ import torch
 from lmserve.kernels.kv_cache import reference_write_kv_cache  # noqa: E402
 from lmserve.kernels.paged_attention import paged_attention, reference_paged_attention  # noqa: E402
 from lmserve.worker.input_preparation import longest_first  # noqa: E402
-from tests.kernels.paged_batch import DECODES, MIXED, PagedBatch, make_batch  # noqa: E402
+from tests.kernels.paged_batch import DECODES, DEVICE, MIXED, PagedBatch, make_batch  # noqa: E402
 
 FP32_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 # The kernel rounds the softmax weights to the input dtype before multiplying by V; bfloat16 keeps 8 bits.
@@ -66,6 +66,18 @@ def test_float8_decode_that_fills_the_gpu_takes_long_key_tiles() -> None:
     assert _float8_decode_block_n(8, torch.device("cpu")) == 32
     lengths = [((37 * i) % 200, 1) for i in range(66)]
     batch = make_batch(lengths, 4, 2, 32, 16, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
+    out, expected = attend(batch, sliding_window=None)
+    torch.testing.assert_close(out, expected, **HALF_TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device: compiled code, not the interpreter")
+@pytest.mark.parametrize("batch_size", [6, 160], ids=["split-32-key-tiles", "128-key-tiles"])
+def test_on_a_gpu_float8_decode_at_llama_heads(batch_size: int) -> None:
+    # Head size 128 and 4 query heads a kv head, as Llama-3.1-8B; the compiled values path (widened before
+    # the staging) is what the interpreter does not run. Contexts of 1-2,000 keys.
+    lengths = [((997 * i) % 2000, 1) for i in range(batch_size)]
+    batch = make_batch(lengths, 32, 8, 128, 16, torch.bfloat16, cache_dtype=torch.float8_e4m3fn)
     out, expected = attend(batch, sliding_window=None)
     torch.testing.assert_close(out, expected, **HALF_TOLERANCE[torch.bfloat16])
 
