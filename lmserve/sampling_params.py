@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import enum
-import math
+import operator
 from dataclasses import dataclass, field
 
 from lmserve.errors import InvalidRequestError
 
 _MAX_LOGPROBS = 20
 _GREEDY_TEMPERATURE = 1e-5
+# The sampler divides and multiplies float32 logits by these: beyond float32's range they become inf or 0, and
+# inf * 0 or -inf / inf is NaN, which an argmax takes over every token.
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+_INTEGER_FIELDS = ("n", "top_k", "seed", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs")
+_OPTIONAL_FIELDS = {"seed", "max_tokens", "logprobs", "prompt_logprobs"}
 
 
 class RequestOutputKind(enum.Enum):
@@ -69,15 +75,27 @@ class SamplingParams:
         return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
     def validate(self) -> None:
-        """Raise InvalidRequestError naming the first invalid field."""
+        """Raise InvalidRequestError naming the first invalid field; integer fields become Python ints."""
+        for name in _INTEGER_FIELDS:
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL_FIELDS:
+                continue
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                setattr(self, name, operator.index(value))  # ints and numpy ints, not 2.0 or "2"
+            except TypeError:
+                raise InvalidRequestError(f"{name} must be an integer, got {value!r}") from None
         checks = [
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
-            (0.0 <= self.temperature < math.inf, f"temperature must be finite and >= 0, got {self.temperature}"),
+            (0.0 <= self.temperature <= _FLOAT32_MAX,
+             f"temperature must be >= 0 and finite in float32, got {self.temperature}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k == -1 or 1 <= self.top_k < 2**31, f"top_k must be -1 (off) or in [1, 2**31), got {self.top_k}"),
             (self.seed is None or -(2**63) <= self.seed < 2**63, f"seed must fit in 64 bits, got {self.seed}"),
             (0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.repetition_penalty > 0.0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+            (_FLOAT32_TINY <= self.repetition_penalty <= _FLOAT32_MAX,
+             f"repetition_penalty must be > 0 and a normal float32, got {self.repetition_penalty}"),
             (-2.0 <= self.frequency_penalty <= 2.0,
              f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
             (-2.0 <= self.presence_penalty <= 2.0,

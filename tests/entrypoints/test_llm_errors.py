@@ -82,6 +82,15 @@ def test_token_id_outside_the_vocabulary_is_refused(llm, good_output, bad_token)
         ({"max_tokens": 0}, "max_tokens"),
         ({"min_tokens": 5, "max_tokens": 3}, "min_tokens"),
         ({"logprobs": 21}, "logprobs"),
+        # Counts that are not integers, and floats that float32 turns into inf or 0 (then NaN in the sampler).
+        ({"logprobs": 2.5}, "logprobs"),
+        ({"n": 2.0}, "n"),
+        ({"top_k": True}, "top_k"),
+        ({"seed": 1.5}, "seed"),
+        ({"max_tokens": "8"}, "max_tokens"),
+        ({"temperature": 1e39}, "temperature"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"repetition_penalty": 1e-39}, "repetition_penalty"),
     ],
 )
 def test_invalid_sampling_params_are_refused(llm, good_output, options, field):
