@@ -47,7 +47,8 @@ class _RequestState:
         self.tokenizer = tokenizer
         stop_checker = StopChecker(params.stop, params.include_stop_str_in_output) if params.stop else None
         self.samples = [
-            SampleState(index, self._detokenizer(params), stop_checker, wants_logprobs=params.logprobs is not None)
+            SampleState(index, self._detokenizer(params), stop_checker, wants_logprobs=params.logprobs is not None,
+                        min_tokens=params.min_tokens)
             for index in range(params.n)
         ]
         self.prompt_logprobs: list[PositionLogprobs | None] | None = (

@@ -9,7 +9,10 @@ from lmserve.outputs import CompletionOutput, FinishReason, PositionLogprobs
 
 
 class SampleState:
-    """Accumulates one child request's outputs and remembers how much a DELTA stream has already sent."""
+    """Accumulates one child request's outputs and remembers how much a DELTA stream has already sent.
+
+    As in vLLM, stop strings count only after `min_tokens` tokens, in the text that comes after theirs.
+    """
 
     def __init__(
         self,
@@ -17,10 +20,14 @@ class SampleState:
         detokenizer: IncrementalDetokenizer | None,
         stop_checker: StopChecker | None,
         wants_logprobs: bool,
+        min_tokens: int = 0,
     ) -> None:
         self.index = index
         self.detokenizer = detokenizer
         self.stop_checker = stop_checker
+        self.min_tokens = min_tokens
+        # Where a stop string may start in the text: after the first min_tokens tokens' text; None before those.
+        self._stop_search_start: int | None = 0 if min_tokens == 0 else None
         self.token_ids: list[int] = []
         self.text = ""
         self.logprobs: list[PositionLogprobs] | None = [] if wants_logprobs else None
@@ -70,6 +77,8 @@ class SampleState:
                 self._add_logprobs(token_id, output.new_logprobs[position])
             if self.detokenizer is not None and self._add_text(self.detokenizer.add_tokens([token_id])):
                 return True
+            if len(self.token_ids) == self.min_tokens:
+                self._stop_search_start = len(self.text)
         return False
 
     def _add_logprobs(self, token_id: int, position_logprobs: PositionLogprobs) -> None:
@@ -79,9 +88,9 @@ class SampleState:
     def _add_text(self, new_text: str) -> bool:
         """Append text; on a stop string, cut the text there, finish and return True."""
         self.text += new_text
-        if self.stop_checker is None or not new_text:
+        if self.stop_checker is None or not new_text or self._stop_search_start is None:
             return False
-        match = self.stop_checker.find(self.text, len(new_text))
+        match = self.stop_checker.find(self.text, len(new_text), self._stop_search_start)
         if match is None:
             return False
         self.text = match.text
@@ -96,8 +105,8 @@ class SampleState:
         """
         self.has_news = False
         num_visible_chars = len(self.text)
-        if self.stop_checker is not None and not self.finished:
-            num_visible_chars -= self.stop_checker.num_held_back_chars(self.text)
+        if self.stop_checker is not None and not self.finished and self._stop_search_start is not None:
+            num_visible_chars -= self.stop_checker.num_held_back_chars(self.text, self._stop_search_start)
         first_token = self._num_sent_tokens if delta else 0
         first_char = self._num_sent_chars if delta else 0
         if delta:

@@ -25,12 +25,13 @@ class StopChecker:
         self.include_stop_str_in_output = include_stop_str_in_output
         self._max_stop_len = max(map(len, stop))
 
-    def find(self, text: str, num_new_chars: int) -> StopMatch | None:
-        """The earliest stop string in text that ends within its last num_new_chars characters.
+    def find(self, text: str, num_new_chars: int, not_before: int = 0) -> StopMatch | None:
+        """The earliest stop string in text that ends within its last num_new_chars characters and starts at
+        `not_before` or later.
 
         Of two matches starting at the same place, the shorter wins: it was complete first.
         """
-        search_from = max(0, len(text) - num_new_chars - self._max_stop_len + 1)
+        search_from = max(not_before, len(text) - num_new_chars - self._max_stop_len + 1)
         matches = [(start, len(stop), stop) for stop in self.stop if (start := text.find(stop, search_from)) >= 0]
         if not matches:
             return None
@@ -38,14 +39,15 @@ class StopChecker:
         end = start + length if self.include_stop_str_in_output else start
         return StopMatch(text[:end], stop)
 
-    def num_held_back_chars(self, text: str) -> int:
-        """How many trailing characters of text could start a stop string, so a stream must not send them yet.
+    def num_held_back_chars(self, text: str, not_before: int = 0) -> int:
+        """How many trailing characters of text (from `not_before` on) could start a stop string, so a stream
+        must not send them yet.
 
         Kept stop strings are sent either way, so nothing is held back for them.
         """
         if self.include_stop_str_in_output:
             return 0
-        for length in range(min(len(text), self._max_stop_len - 1), 0, -1):
+        for length in range(min(len(text) - not_before, self._max_stop_len - 1), 0, -1):
             tail = text[-length:]
             if any(stop.startswith(tail) for stop in self.stop):
                 return length

@@ -84,6 +84,20 @@ def test_stop_string_in_the_last_step_needs_no_abort(tokenizer):
     assert (completion.text, completion.finish_reason, completion.stop_reason) == ("the ", "stop", "end")
 
 
+def test_stop_strings_count_only_after_min_tokens_in_the_text_after_theirs(tokenizer):
+    # As in vLLM: the "o"s of "Hello" and "world" lie in the first min_tokens tokens' text, and one that starts
+    # there cannot end a request later either.
+    token_ids = tokenizer.encode("Hello world, foo bar")
+    min_tokens = len(tokenizer.encode("Hello world"))
+    processor = _start(tokenizer, stop=["o", "ld,"], min_tokens=min_tokens, max_tokens=50, output_kind=DELTA)
+
+    outputs, aborted = _stream_tokens(processor, "r#0", token_ids)
+
+    assert aborted
+    assert "".join(o.outputs[0].text for o in outputs) == "Hello world, f"
+    assert (outputs[-1].outputs[0].finish_reason, outputs[-1].outputs[0].stop_reason) == ("stop", "o")
+
+
 _STREAM_SETTINGS = settings(max_examples=150, deadline=None)
 _PIECES = st.sampled_from(["a", "b", "ab", " ", "中", "😀", "é"])
 
