@@ -1,16 +1,18 @@
 """Top-p sampling without a sort: lmserve.sample.gumbel.top_p_race (the same noise and rounds) on the GPU.
 
 Two launches, rows cut into chunks as lmserve.kernels.argmax cuts them. Stage 1 reads each chunk once, for
-its largest score and index, its softmax total (online: a lane's sum is rescaled when its maximum grows) and
-the winner of the first round's race, which has no pivot yet and so covers every token. Stage 2, one program
-per row, combines the chunks, then reads the row for the probability above the draw (not when the draw is the
-row's top score: nothing is above it). A rejected draw becomes the pivot of another round there: a race among
-the tokens above it, then the probability above the new draw. So a row whose first draw is kept takes two
-passes. A tile with no token above the pivot skips its noise: a row cut by top-k races for the cost of a read.
+its largest score and index and the winner of the first round's race, which has no pivot yet and so covers
+every token. Stage 2, one program per row, combines the chunks, then reads the row for the probability above
+the draw, over the softmax total it sums in the same pass (not when the draw is the row's top score: nothing
+is above it). A rejected draw becomes the pivot of another round there: a race among the tokens above it,
+then the probability above the new draw. So a row whose first draw is kept takes two passes. A tile with no
+token above the pivot skips its noise: a row cut by top-k races for the cost of a read.
 
 Sorting each row of a 152k vocabulary instead took about a third of a sampled step of Qwen3-0.6B's shape at
-batch 256 on an H200. The exponentials and sums round as the GPU's do (the total also in another order), so
-a draw whose probability above lies within rounding of top_p may be kept on one path and not on the other.
+batch 256 on an H200. A row's sums do not depend on the batch (stage 2 adds its tiles in one order, whatever
+the chunks), so a seeded request draws the same tokens in any batch. They round as the GPU's do, and in
+another order than the host path's, so a draw whose probability above lies within rounding of top_p may be
+kept on one path and not on the other.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from lmserve.kernels.argmax import _NO_INDEX, TARGET_PROGRAMS, RowChunks, first_
 from lmserve.sample.gumbel import MAX_ROUNDS
 
 TILE = 1024
-# float32's lowest finite value: a lane's largest score starts there, not at -inf, so that exp(-inf - largest)
-# is 0 where -inf - -inf would be NaN; only -inf lies below it, so the same columns win.
-_LOWEST = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
@@ -54,9 +53,8 @@ def _chunk_kernel(scores_ptr, keys_ptr, counters_ptr, chunk_floats_ptr, chunk_in
     row_scores = scores_ptr + row * stride_row
     key = tl.load(keys_ptr + row)
     counter = tl.load(counters_ptr + row)
-    largest = tl.full([TILE], _LOWEST, tl.float32)  # each lane's, with its first index
+    largest = tl.full([TILE], float("-inf"), tl.float32)  # each lane's, with its first index
     largest_index = tl.arange(0, TILE)
-    total = tl.zeros([TILE], tl.float32)  # each lane's sum of exp(score - its largest)
     raced = tl.full([TILE], float("-inf"), tl.float32)
     raced_index = tl.arange(0, TILE)
     first_column = chunk * tiles_per_chunk * TILE
@@ -64,21 +62,16 @@ def _chunk_kernel(scores_ptr, keys_ptr, counters_ptr, chunk_floats_ptr, chunk_in
         start = first_column + tile * TILE
         scores, columns = _load(row_scores, start, vocab_size, TILE)
         larger = scores > largest
-        # One exponential: of the new score below the lane's largest, or of the old largest below the new.
-        scale = tl.exp(tl.where(larger, largest - scores, scores - largest))
-        total = tl.where(larger, total * scale + 1.0, total + scale)
         largest = tl.where(larger, scores, largest)
         largest_index = tl.where(larger, columns, largest_index)
         raced, raced_index = _race_tile(scores, columns, float("-inf"), key, counter, 0, start, raced, raced_index,
                                         TILE)
     chunk_largest, chunk_index = first_max(largest, largest_index)
-    chunk_total = tl.sum(total * tl.exp(largest - chunk_largest), axis=0)
     chunk_raced, chunk_raced_index = first_max(raced, raced_index)
-    # A row's chunks lie in floats[row, (largest, total, raced), chunk] and indices[row, (largest, raced), chunk].
-    floats = chunk_floats_ptr + row * 3 * num_chunks + chunk
+    # A row's chunks lie in floats[row, (largest, raced), chunk] and indices[row, (largest, raced), chunk].
+    floats = chunk_floats_ptr + row * 2 * num_chunks + chunk
     tl.store(floats, chunk_largest)
-    tl.store(floats + num_chunks, chunk_total)
-    tl.store(floats + 2 * num_chunks, chunk_raced)
+    tl.store(floats + num_chunks, chunk_raced)
     indices = chunk_indices_ptr + row * 2 * num_chunks + chunk
     tl.store(indices, chunk_index)
     tl.store(indices + num_chunks, chunk_raced_index)
@@ -95,13 +88,11 @@ def _row_kernel(scores_ptr, top_p_ptr, keys_ptr, counters_ptr, chunk_floats_ptr,
     counter = tl.load(counters_ptr + row)
     chunks = tl.arange(0, CHUNKS)
     mask = chunks < num_chunks
-    floats = chunk_floats_ptr + row * 3 * num_chunks + chunks
+    floats = chunk_floats_ptr + row * 2 * num_chunks + chunks
     indices = chunk_indices_ptr + row * 2 * num_chunks + chunks
-    chunk_largest = tl.load(floats, mask=mask, other=float("-inf"))
-    largest, token = first_max(chunk_largest, tl.load(indices, mask=mask, other=_NO_INDEX))
-    chunk_total = tl.load(floats + num_chunks, mask=mask, other=0.0)
-    total = tl.sum(chunk_total * tl.exp(chunk_largest - largest), axis=0)
-    drawn = first_max(tl.load(floats + 2 * num_chunks, mask=mask, other=float("-inf")),
+    largest, token = first_max(tl.load(floats, mask=mask, other=float("-inf")),
+                               tl.load(indices, mask=mask, other=_NO_INDEX))
+    drawn = first_max(tl.load(floats + num_chunks, mask=mask, other=float("-inf")),
                       tl.load(indices + num_chunks, mask=mask, other=_NO_INDEX))[1]
     stream = tl.zeros([], tl.uint32)  # the round that drew `drawn`
     searching = True
@@ -109,11 +100,16 @@ def _row_kernel(scores_ptr, top_p_ptr, keys_ptr, counters_ptr, chunk_floats_ptr,
         drawn_score = tl.load(row_scores + drawn)
         mass_above = 0.0
         if drawn_score < largest and top_p < 1.0:
+            # The softmax total is summed here, in the row's own tile order, not from the chunks: then it
+            # rounds the same in every batch, and so does a draw's keep-or-reject at the edge of the nucleus.
             above = tl.zeros([TILE], tl.float32)
+            total = tl.zeros([TILE], tl.float32)
             for start in range(0, vocab_size, TILE):
                 scores = _load(row_scores, start, vocab_size, TILE)[0]
-                above += tl.where(scores > drawn_score, tl.exp(scores - largest), 0.0)
-            mass_above = tl.sum(above, axis=0) / total
+                weights = tl.exp(scores - largest)
+                above += tl.where(scores > drawn_score, weights, 0.0)
+                total += weights
+            mass_above = tl.sum(above, axis=0) / tl.sum(total, axis=0)
         # Nothing above: a top token, in every nucleus (also when top_p rounded to 0 in float32).
         kept = (mass_above < top_p) | (mass_above == 0.0)
         token = tl.where(kept, drawn, token)
@@ -141,7 +137,7 @@ def top_p_race(scores: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor, co
     if chunks.num_rows == 0:
         return out
     scores, num_rows, num_chunks = chunks.scores, chunks.num_rows, chunks.num_chunks
-    chunk_floats = torch.empty(num_rows, 3, num_chunks, dtype=torch.float32, device=scores.device)
+    chunk_floats = torch.empty(num_rows, 2, num_chunks, dtype=torch.float32, device=scores.device)
     chunk_indices = torch.empty(num_rows, 2, num_chunks, dtype=torch.int32, device=scores.device)
     _chunk_kernel[(num_rows, num_chunks)](scores, keys, counters, chunk_floats, chunk_indices, scores.shape[1],
                                          scores.stride(0), chunks.tiles_per_chunk, TILE=tile)

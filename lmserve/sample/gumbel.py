@@ -84,7 +84,10 @@ def top_p_race(scores: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor, co
     token below it). After MAX_ROUNDS rejections (a negligible chance) the row takes its top token. Rows with
     top_p >= 1 keep their first draw, the plain race's.
     """
-    weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True))  # probabilities times the row's total
+    # Probabilities times the row's total, summed in float64: torch orders a row's sum by the batch's shape (a
+    # lone row is split over threads), and float32's rounding would let the batch flip a draw at the nucleus'
+    # edge; float64's is a billion times finer than top_p's float32 steps.
+    weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).double()
     total = weights.sum(dim=-1)
     tokens = scores.argmax(dim=-1)
     pivot = torch.full_like(total, -torch.inf)

@@ -130,10 +130,10 @@ def _top_p_race(scores: torch.Tensor, metadata: SamplingMetadata) -> torch.Tenso
 
 
 def _apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
-    """Drop tokens less likely than min_p times the most likely token's probability."""
-    probs = torch.softmax(logits, dim=-1)
-    threshold = min_p[:, None] * probs.amax(dim=-1, keepdim=True)
-    return logits.masked_fill(probs < threshold, -torch.inf)
+    """Drop tokens less likely than min_p times the most likely token's probability: in logits, those more than
+    log(1 / min_p) below the largest. No softmax, so no sum, whose rounding would follow the batch's shape."""
+    threshold = logits.amax(dim=-1, keepdim=True) + torch.log(min_p)[:, None]
+    return logits.masked_fill(logits < threshold, -torch.inf)
 
 
 def _apply_top_k(logits: torch.Tensor, top_k: torch.Tensor, num_candidates: int) -> torch.Tensor:

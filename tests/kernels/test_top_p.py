@@ -9,6 +9,7 @@ from lmserve.kernels.top_p import top_p_race
 from lmserve.sample import gumbel
 from tests.kernels.paged_batch import DEVICE
 from tests.kernels.triton_setup import record_launches
+from tests.sample.test_gumbel import edge_of_the_nucleus
 
 
 def race_inputs(rows: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,3 +109,14 @@ def test_a_top_p_that_rounds_to_zero_draws_as_the_host_path() -> None:
         tokens = top_p_race(scores, top_p, keys, counters + step, tile=16)
         assert torch.equal(tokens, gumbel.top_p_race(scores, top_p, keys, counters + step))
         assert set(tokens.tolist()) <= {7, 9}
+
+
+def test_a_draw_at_the_edge_of_the_nucleus_does_not_depend_on_the_chunks_or_the_batch() -> None:
+    # Stage 1 cuts a row into fewer, longer chunks as rows are added; the decision must not follow.
+    scores, keys, counters = race_inputs(3, 512, seed=8)
+    for top_p in edge_of_the_nucleus(scores[1].cpu(), keys[1].item(), counters[1].item(), ulps=2):
+        batch_top_p = torch.tensor([0.9, top_p, 0.5], device=DEVICE)
+        drawn = {top_p_race(scores[1:2], batch_top_p[1:2], keys[1:2], counters[1:2], tile=16,
+                            target_programs=target)[0].item() for target in (1, 8, 1024)}
+        drawn.add(top_p_race(scores, batch_top_p, keys, counters, tile=16, target_programs=8)[1].item())
+        assert len(drawn) == 1, (top_p, drawn)

@@ -72,3 +72,31 @@ def test_a_top_p_that_rounds_to_zero_still_draws_among_the_top_tokens() -> None:
     top_p = torch.tensor([1e-50], dtype=torch.float32)  # 0.0 in float32
     drawn = {top_p_race(scores, top_p, torch.tensor([3]), torch.tensor([step])).item() for step in range(40)}
     assert drawn == {7, 9}
+
+
+def edge_of_the_nucleus(scores: torch.Tensor, key: int, counter: int, ulps: int) -> list[float]:
+    """top_p values within `ulps` float32 steps of the probability above the row's first draw: where the
+    keep-or-reject decision flips, so a sum that rounds differently flips it."""
+    drawn = gumbel_race(scores[None], None, torch.tensor([key]), torch.tensor([counter]))[0]
+    weights = torch.exp(scores.double() - scores.max())
+    edge = ((weights * (scores > scores[drawn])).sum() / weights.sum()).float()
+    assert edge > 0, "the first draw is the top token: no edge to test"
+    values = [edge]
+    for direction in (1.0, 0.0):
+        value = edge
+        for _ in range(ulps):
+            value = torch.nextafter(value, torch.tensor(direction))
+            values.append(value)
+    return [value.item() for value in values]
+
+
+def test_a_seeded_draw_at_the_edge_of_the_nucleus_does_not_depend_on_the_batch() -> None:
+    # A lone row's sums are split over threads, a batch's rows are not: the float32 sums rounded differently.
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(8, 152_064, generator=generator) * 3
+    keys, counters = torch.arange(8), torch.zeros(8, dtype=torch.int64)
+    for top_p in edge_of_the_nucleus(scores[3], 3, 0, ulps=3):
+        batch_top_p = torch.full((8,), 0.9)
+        batch_top_p[3] = top_p
+        alone = top_p_race(scores[3:4], torch.tensor([top_p]), keys[3:4], counters[3:4])
+        assert alone[0] == top_p_race(scores, batch_top_p, keys, counters)[3], top_p

@@ -1,6 +1,7 @@
 """The Sampler's deterministic behaviour: greedy choice, logit processing, seeds and logprobs."""
 
 import dataclasses
+import math
 
 import torch
 
@@ -93,6 +94,14 @@ def test_seeded_row_ignores_the_rest_of_the_batch(build_metadata) -> None:
 def test_different_seeds_give_different_tokens(build_metadata) -> None:
     first = seeded_row_tokens(build_metadata, seed=7, position=0, batch_size=1)
     assert seeded_row_tokens(build_metadata, seed=8, position=0, batch_size=1) != first
+
+
+def test_min_p_keeps_the_tokens_at_least_min_p_times_as_likely_as_the_top_one(build_metadata) -> None:
+    # Tokens 1 and 2 lie a hair above and below a quarter of the top token's probability.
+    logits = torch.tensor([[2.0, 2.0 - math.log(4) + 1e-4, 2.0 - math.log(4) - 1e-4, -50.0]] * 64)
+    params = [SamplingParams(min_p=0.25, seed=row) for row in range(64)]
+    sampled = Sampler()(logits, build_metadata(params, vocab_size=4)).sampled_token_ids
+    assert set(sampled.tolist()) == {0, 1}  # each of 64 draws: 0 or 1 at 4:1+, both seen (P(miss) < 1e-6)
 
 
 def test_logprobs_are_of_the_raw_logits(build_metadata) -> None:
