@@ -75,7 +75,8 @@ class SamplingParams:
         return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
     def validate(self) -> None:
-        """Raise InvalidRequestError naming the first invalid field; integer fields become Python ints."""
+        """Raise InvalidRequestError naming the first invalid field; integer fields become Python ints, and a
+        top_k of 0 becomes -1 (off, as in vLLM and Hugging Face's generation configs)."""
         for name in _INTEGER_FIELDS:
             value = getattr(self, name)
             if value is None and name in _OPTIONAL_FIELDS:
@@ -86,12 +87,15 @@ class SamplingParams:
                 setattr(self, name, operator.index(value))  # ints and numpy ints, not 2.0 or "2"
             except TypeError:
                 raise InvalidRequestError(f"{name} must be an integer, got {value!r}") from None
+        if self.top_k == 0:
+            self.top_k = -1
         checks = [
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
             (0.0 <= self.temperature <= _FLOAT32_MAX,
              f"temperature must be >= 0 and finite in float32, got {self.temperature}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k == -1 or 1 <= self.top_k < 2**31, f"top_k must be -1 (off) or in [1, 2**31), got {self.top_k}"),
+            (self.top_k == -1 or 1 <= self.top_k < 2**31,
+             f"top_k must be 0 or -1 (off) or in [1, 2**31), got {self.top_k}"),
             (self.seed is None or -(2**63) <= self.seed < 2**63, f"seed must fit in 64 bits, got {self.seed}"),
             (0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}"),
             (_FLOAT32_TINY <= self.repetition_penalty <= _FLOAT32_MAX,

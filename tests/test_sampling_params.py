@@ -19,3 +19,7 @@ def test_numpy_integers_become_python_ints() -> None:
 def test_unset_optional_counts_stay_unset() -> None:
     params = SamplingParams(seed=None, max_tokens=None, logprobs=None, prompt_logprobs=None)
     assert (params.seed, params.max_tokens, params.logprobs, params.prompt_logprobs) == (None, None, None, None)
+
+
+def test_a_top_k_of_zero_is_off_as_in_vllm() -> None:
+    assert SamplingParams(top_k=0).top_k == -1

@@ -53,7 +53,7 @@ class SamplingRequest(BaseModel):
     n: int = Field(1, ge=1, le=MAX_N)
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None  # 0 or -1: off
+    top_k: int | None = None  # 0 or -1: off (SamplingParams turns 0 into -1)
     min_p: float | None = None
     repetition_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -108,12 +108,11 @@ class SamplingRequest(BaseModel):
                 f"max_tokens is {max_tokens}, but the model's maximum length is {max_model_len} tokens, "
                 "prompt included"
             )
-        top_k = defaults.top_k if self.top_k is None else self.top_k
         return SamplingParams(
             n=self.n,
             temperature=_either(self.temperature, defaults.temperature),
             top_p=_either(self.top_p, defaults.top_p),
-            top_k=-1 if top_k == 0 else top_k,
+            top_k=_either(self.top_k, defaults.top_k),
             min_p=_either(self.min_p, defaults.min_p),
             repetition_penalty=_either(self.repetition_penalty, defaults.repetition_penalty),
             frequency_penalty=_either(self.frequency_penalty, defaults.frequency_penalty),

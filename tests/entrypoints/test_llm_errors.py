@@ -77,7 +77,6 @@ def test_token_id_outside_the_vocabulary_is_refused(llm, good_output, bad_token)
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": -2}, "top_k"),
-        ({"top_k": 0}, "top_k"),
         ({"n": 0}, "n"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"min_tokens": 5, "max_tokens": 3}, "min_tokens"),
