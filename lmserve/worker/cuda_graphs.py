@@ -119,7 +119,7 @@ class StepGraphs:
         """The layout padded to a captured shape; None if none holds it."""
         if layout.block_tables.shape[1] > self.max_blocks_per_seq:
             return None
-        if layout.is_decode_only and (size := padded_size(self.batch_sizes, layout.num_requests)) is not None:
+        if layout.decode_only and (size := padded_size(self.batch_sizes, layout.num_requests)) is not None:
             return layout.padded(size)
         if layout.num_requests + self.spare_requests <= self.mixed_requests and (
             size := padded_size(self.token_sizes, layout.num_tokens)

@@ -41,6 +41,9 @@ class StepLayout:
     sampling_rows: list[int]  # which scheduled requests sample this step, in `sample_indices` order
     pending_indices: np.ndarray  # [num_pending] int64
     pending_request_ids: list[str]  # whose pending token goes at each of `pending_indices`
+    # Every request computes one token, so attention takes its decode path. Set from the step, not from the
+    # arrays: padded for a mixed-step graph, a step's token count may equal its request count by chance.
+    decode_only: bool
 
     @property
     def num_requests(self) -> int:
@@ -57,10 +60,6 @@ class StepLayout:
     @property
     def max_seq_len(self) -> int:
         return int(self.seq_lens.max())
-
-    @property
-    def is_decode_only(self) -> bool:
-        return self.num_tokens == self.num_requests
 
     @property
     def every_token_samples(self) -> bool:
@@ -107,6 +106,7 @@ class StepLayout:
             block_tables=extend(self.block_tables, len(query_lens), 0),
             seq_lens=np.concatenate([self.seq_lens, query_lens]),
             query_start_loc=np.concatenate([self.query_start_loc, self.num_tokens + np.cumsum(query_lens)]),
+            decode_only=False,  # a mixed-step graph's kernels
         )
 
 
@@ -226,6 +226,7 @@ def layout_step(batch: SchedulerOutput, block_size: int, block_tables: BlockTabl
         sampling_rows=sampling_rows,
         pending_indices=np.asarray(pending_indices, dtype=np.int64),
         pending_request_ids=pending_request_ids,
+        decode_only=num_tokens == num_requests,
     )
 
 
@@ -238,7 +239,7 @@ def to_device(layout: StepLayout, move: HostToDevice) -> StepInputs:
     """Move a layout's arrays to the device in one asynchronous copy; a decode step also gets its order."""
     arrays = [layout.token_ids, layout.positions, layout.slot_mapping, layout.block_tables, layout.seq_lens,
               layout.query_start_loc]
-    if layout.is_decode_only:
+    if layout.decode_only:
         arrays.append(longest_first(layout.seq_lens))
     input_ids, positions, slot_mapping, block_tables, seq_lens, query_start_loc, *decode_order = move.move(arrays)
     metadata = AttentionMetadata(

@@ -20,6 +20,7 @@ from lmserve.errors import ConfigError
 from lmserve.worker.cuda_graphs import StepGraphs, capture_sizes, padded_size, token_capture_sizes
 from lmserve.worker.input_preparation import StepLayout, layout_step, to_device
 from lmserve.worker.model_runner import ModelRunner
+from lmserve.worker.staging import HostToDevice
 from tests.engine.test_scheduler import make_batch, make_request
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -112,6 +113,26 @@ def test_each_step_pads_to_the_smallest_graph_that_holds_it():
     assert shape(decode_step([[1] * 13], [[0, 1, 2, 3]])) is None  # a block table wider than any graph's
 
 
+class _NoReplay:
+    def replay(self) -> None:
+        pass
+
+
+def test_a_step_padded_to_a_mixed_graph_is_no_decode_step_even_with_one_token_a_request():
+    # Mixed graphs of 4 tokens over 4 requests: a 3-token prefill, and 3 decodes past the decode graphs'
+    # sizes, both pad to 4 tokens for 4 requests. Taken for decode steps, they would hand the graphs a
+    # decode order one longer than its buffer.
+    graphs = StepGraphs(nn.Identity(), [1, 2], [4], max_num_seqs=3, max_blocks_per_seq=4, block_size=16,
+                        device=torch.device("cpu"))
+    graphs.graphs[4, 4], graphs.outputs[4, 4] = _NoReplay(), torch.zeros(4, 1)
+    for batch in (make_batch([make_request("p", [5, 6, 7])], [3], [[1]]), decode_step([[1, 2]] * 3, [[0], [1], [2]])):
+        padded = graphs.pad(layout_step(batch, block_size=16))
+        assert (padded.num_tokens, padded.num_requests, padded.decode_only) == (4, 4, False)
+        inputs = to_device(padded, HostToDevice(torch.device("cpu")))
+        assert inputs.metadata.decode_order is None
+        graphs.run(inputs)
+
+
 def test_no_graphs_on_the_cpu_or_with_enforce_eager(tiny_models):
     model_dir = str(tiny_models.get("qwen3"))
     on_cpu = EngineConfig.from_options(model_dir, device="cpu", attention_backend="triton")
@@ -201,7 +222,7 @@ def replays(monkeypatch) -> list[Replay]:
         padded = pad(graphs, layout)
         if padded is not None:
             shape = (padded.num_tokens, padded.num_requests)
-            recorded.append(Replay(layout.num_requests, layout.num_tokens, layout.is_decode_only, shape))
+            recorded.append(Replay(layout.num_requests, layout.num_tokens, layout.decode_only, shape))
         return padded
 
     monkeypatch.setattr(StepGraphs, "pad", recording_pad)
