@@ -104,7 +104,8 @@ class AsyncEngine:
                 finished = item.finished
                 yield item
         finally:
-            self._queues.pop(request_id, None)
+            if self._queues.get(request_id) is queue:  # a later request may reuse the id once this one finished
+                del self._queues[request_id]
             if not finished:
                 self.abort(request_id)
                 if self.observer is not None:

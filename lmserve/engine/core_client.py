@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import os
 import tempfile
+import time
 import uuid
 
 import msgspec
@@ -15,7 +16,7 @@ import zmq.asyncio
 from lmserve.config import EngineConfig
 from lmserve.engine.core_process import ABORT, ADD, ERROR, OUTPUTS, READY, SHUTDOWN, run_engine_core
 from lmserve.engine.messages import EngineCoreOutputs, EngineCoreReady, EngineCoreRequest
-from lmserve.errors import EngineDeadError
+from lmserve.errors import EngineDeadError, InvalidRequestError
 
 
 class EngineCoreClient:
@@ -55,15 +56,32 @@ class EngineCoreClient:
                 kind, payload = await self._output_socket.recv_multipart()
                 if kind == READY:
                     self.num_kv_blocks = msgspec.msgpack.decode(payload, type=EngineCoreReady).num_kv_blocks
+                    await self._until_input_connected()
                     return
                 if kind == ERROR:
                     raise EngineDeadError("the engine core failed to start:\n" + msgspec.msgpack.decode(payload))
             if not self.process.is_alive():
                 raise EngineDeadError(f"the engine core process exited with code {self.process.exitcode}")
 
+    async def _until_input_connected(self, timeout: float = 30.0) -> None:
+        """Wait until the core's end of the input socket is connected. The core sends READY right after it
+        starts connecting, which ZeroMQ finishes in the background; until then a send finds no peer and
+        would be taken for a dead core."""
+        deadline = time.monotonic() + timeout
+        while not self._input_socket.poll(0, zmq.POLLOUT):
+            if not self.process.is_alive() or time.monotonic() > deadline:
+                raise EngineDeadError("the engine core process did not connect to its input socket")
+            await asyncio.sleep(0.005)
+
     def add_requests(self, requests: list[EngineCoreRequest]) -> None:
-        for request in requests:
-            self._send(ADD, self._encoder.encode(request))
+        """Send the requests; InvalidRequestError (none sent) if one holds what the wire cannot carry: an int
+        beyond 64 bits, a string that is not Unicode."""
+        try:
+            payloads = [self._encoder.encode(request) for request in requests]
+        except (OverflowError, UnicodeEncodeError) as error:
+            raise InvalidRequestError(f"the request holds a value the engine cannot take: {error}") from None
+        for payload in payloads:
+            self._send(ADD, payload)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         if request_ids:

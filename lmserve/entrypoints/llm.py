@@ -13,6 +13,7 @@ from lmserve.engine.llm_engine import LLMEngine
 from lmserve.errors import InvalidRequestError
 from lmserve.inputs.chat import render_chat
 from lmserve.inputs.processor import Prompt
+from lmserve.inputs.tokenizer import encode_text
 from lmserve.outputs import RequestOutput
 from lmserve.sampling_params import RequestOutputKind, SamplingParams
 
@@ -73,7 +74,7 @@ class LLM:
             raise InvalidRequestError("chat needs a tokenizer, and this LLM was started without one")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         texts = [render_chat(tokenizer, c, add_generation_prompt, chat_template) for c in conversations]
-        prompts = [tokenizer.encode(text, add_special_tokens=False) for text in texts]  # the template wrote them
+        prompts = [encode_text(tokenizer, text, add_special_tokens=False) for text in texts]  # the template wrote them
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

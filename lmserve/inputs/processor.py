@@ -12,6 +12,7 @@ from typing import Any
 from lmserve.config import EngineConfig
 from lmserve.engine.messages import EngineCoreRequest
 from lmserve.errors import InvalidRequestError
+from lmserve.inputs.tokenizer import encode_text
 from lmserve.sampling_params import SamplingParams
 
 Prompt = str | list[int]
@@ -89,7 +90,7 @@ class InputProcessor:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise InvalidRequestError("a text prompt needs a tokenizer; pass token ids instead")
-            return prompt, self.tokenizer.encode(prompt)
+            return prompt, encode_text(self.tokenizer, prompt)
         if not isinstance(prompt, list | tuple) or not all(isinstance(t, int) for t in prompt):
             raise InvalidRequestError("a prompt must be a string or a list of token ids")
         return None, list(prompt)

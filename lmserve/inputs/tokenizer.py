@@ -1,4 +1,4 @@
-"""Loads the model's tokenizer from its directory, failing with a clear ModelLoadError."""
+"""Loads the model's tokenizer from its directory, failing with a clear ModelLoadError; encodes request text."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from lmserve.errors import ModelLoadError
+from lmserve.errors import InvalidRequestError, ModelLoadError
 
 # A tokenizer needs its vocabulary: without one of these files, AutoTokenizer may build an empty
 # tokenizer from config.json alone instead of failing.
@@ -33,3 +33,13 @@ def load_tokenizer(model_dir: str | os.PathLike[str]) -> PreTrainedTokenizerFast
             "tokenizer (a tokenizer.json file)"
         )
     return tokenizer
+
+
+def encode_text(tokenizer: PreTrainedTokenizerFast, text: str, **options) -> list[int]:
+    """`tokenizer.encode(text, **options)`, refusing text that is not Unicode: JSON may escape a lone
+    surrogate (\\ud800), which the tokenizer cannot take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidRequestError(f"text must be valid Unicode: {error.reason} at position {error.start}") from None
+    return tokenizer.encode(text, **options)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from lmserve.errors import InvalidRequestError
 from lmserve.inputs.chat import render_chat
+from lmserve.inputs.tokenizer import encode_text
 from lmserve.outputs import RequestOutput
 from lmserve.server.openai_protocol import (
     ChatChoices,
@@ -72,7 +73,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state.check_model(body.model)
     tokenizer = _tokenizer(state)
     text = chat_prompt(tokenizer, body.messages, body.add_generation_prompt)
-    prompt = tokenizer.encode(text, add_special_tokens=False)  # the template writes the special tokens
+    prompt = encode_text(tokenizer, text, add_special_tokens=False)  # the template writes the special tokens
     params = body.to_sampling_params(state.engine.default_sampling_params(), _max_model_len(state))
     header = ResponseHeader(new_request_id("chatcmpl"), state.model_name)
     streams = [state.generate(request, header.id, prompt, params, body.priority)]
@@ -94,9 +95,9 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     tokenizer = _tokenizer(state)
     if body.messages is not None:
         text = chat_prompt(tokenizer, body.messages, body.add_generation_prompt)
-        tokens = tokenizer.encode(text, add_special_tokens=bool(body.add_special_tokens))
+        tokens = encode_text(tokenizer, text, add_special_tokens=bool(body.add_special_tokens))
     else:
-        tokens = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens is not False)
+        tokens = encode_text(tokenizer, body.prompt, add_special_tokens=body.add_special_tokens is not False)
     return {"tokens": tokens, "count": len(tokens), "max_model_len": _max_model_len(state)}
 
 

@@ -95,19 +95,23 @@ class SamplingRequest(BaseModel):
         defaults: SamplingParams,
         max_model_len: int,
         max_tokens: int | None,
+        default_max_tokens: int | None,
         logprobs: int | None,
         prompt_logprobs: int | None = None,
     ) -> SamplingParams:
         """Every field from the request, or else from `defaults`; raises InvalidRequestError when invalid.
 
         A max_tokens larger than what the prompt leaves of the model's length is cut to fit by the
-        engine (finish_reason "length"); one that no prompt could leave room for is refused.
+        engine (finish_reason "length"); one that no prompt could leave room for is refused if the client
+        asked for it, and cut to the longest possible if it is the model's default.
         """
         if max_tokens is not None and max_tokens >= max_model_len:
             raise InvalidRequestError(
                 f"max_tokens is {max_tokens}, but the model's maximum length is {max_model_len} tokens, "
                 "prompt included"
             )
+        if max_tokens is None and default_max_tokens is not None:
+            max_tokens = min(default_max_tokens, max_model_len - 1)
         return SamplingParams(
             n=self.n,
             temperature=_either(self.temperature, defaults.temperature),
@@ -154,10 +158,10 @@ class CompletionRequest(SamplingRequest):
         return list(self.prompt)
 
     def to_sampling_params(self, defaults: SamplingParams, max_model_len: int) -> SamplingParams:
-        max_tokens = _either(self.max_tokens, defaults.max_tokens)
         # echo with logprobs reports the prompt's logprobs too.
         prompt_logprobs = self.logprobs if self.echo else None
-        return self._sampling_params(defaults, max_model_len, max_tokens, self.logprobs, prompt_logprobs)
+        return self._sampling_params(defaults, max_model_len, self.max_tokens, defaults.max_tokens, self.logprobs,
+                                     prompt_logprobs)
 
 
 class ContentPart(BaseModel):
@@ -211,11 +215,10 @@ class ChatCompletionRequest(SamplingRequest):
 
     def to_sampling_params(self, defaults: SamplingParams, max_model_len: int) -> SamplingParams:
         """Unset max tokens: the model's max_new_tokens if it sets one, else whatever room the prompt leaves."""
-        max_tokens = _either(self.max_completion_tokens, self.max_tokens)
-        if max_tokens is None and defaults.max_tokens != _UNSET_MAX_TOKENS:
-            max_tokens = defaults.max_tokens
+        default_max_tokens = None if defaults.max_tokens == _UNSET_MAX_TOKENS else defaults.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self._sampling_params(defaults, max_model_len, max_tokens, logprobs)
+        return self._sampling_params(defaults, max_model_len, _either(self.max_completion_tokens, self.max_tokens),
+                                     default_max_tokens, logprobs)
 
 
 class TokenizeRequest(BaseModel):

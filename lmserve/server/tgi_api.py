@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmserve.errors import InvalidRequestError
+from lmserve.inputs.tokenizer import encode_text
 from lmserve.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from lmserve.sampling_params import RequestOutputKind, SamplingParams
 from lmserve.server.errors import error_payload
@@ -42,7 +43,7 @@ class GenerateParameters(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     do_sample: bool = False
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = Field(None, lt=2**63)
     temperature: float | None = Field(None, gt=0)
     top_k: int | None = Field(None, gt=0)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -259,7 +260,7 @@ def _prompt(state: ServerState, body: GenerateRequest) -> str | list[int]:
         return body.inputs
     if state.engine.tokenizer is None:
         raise InvalidRequestError("truncate needs a tokenizer, and this server runs without one")
-    return state.engine.tokenizer.encode(body.inputs)[-truncate:]
+    return encode_text(state.engine.tokenizer, body.inputs)[-truncate:]
 
 
 def _prefix(body: GenerateRequest) -> str:

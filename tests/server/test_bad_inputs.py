@@ -196,6 +196,42 @@ def test_an_integer_too_large_for_the_engine_is_a_400_not_a_500(
     assert_still_serving(server)
 
 
+def post_raw(server: ServerProcess, path: str, raw: str) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", content=raw.encode(), headers=JSON, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/chat/completions", {**GOOD_CHAT, "max_tokens": None, "min_tokens": 2**70}, "min_tokens"),
+        ("/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 2**70}}, "max_new_tokens"),
+        ("/generate_stream", {"inputs": "Hi", "parameters": {"max_new_tokens": 2**70}}, "max_new_tokens"),
+    ],
+    ids=["chat-min-tokens", "generate", "generate-stream"],
+)
+def test_a_token_count_too_large_for_the_engine_is_a_400(server: ServerProcess, path: str, body: dict,
+                                                          field: str) -> None:
+    assert_openai_error(post(server, path, body), 400, field)
+    assert_still_serving(server)
+
+
+# A lone UTF-16 surrogate is a valid JSON escape, but no Unicode text: the tokenizer cannot take it.
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/completions", r'{"prompt": "a\ud800b", "max_tokens": 2}'),
+        ("/v1/completions", r'{"prompt": "ab", "max_tokens": 2, "stop": ["\ud800"]}'),
+        ("/v1/chat/completions", r'{"messages": [{"role": "user", "content": "\ud800"}], "max_tokens": 2}'),
+        ("/generate", r'{"inputs": "\udc00", "parameters": {"max_new_tokens": 2}}'),
+        ("/tokenize", r'{"prompt": "\udc00"}'),
+    ],
+    ids=["prompt", "stop", "chat-content", "tgi-inputs", "tokenize"],
+)
+def test_a_lone_surrogate_in_text_is_a_400(server: ServerProcess, path: str, raw: str) -> None:
+    assert_openai_error(post_raw(server, path, raw), 400)
+    assert_still_serving(server)
+
+
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "nan"])
 def test_a_request_timeout_header_that_is_not_a_positive_number_is_a_400(server: ServerProcess, value: str) -> None:
     response = post(server, "/v1/completions", GOOD_PROMPT, headers={"x-request-timeout": value})

@@ -101,6 +101,16 @@ def test_max_tokens_no_prompt_could_leave_room_for_is_refused():
     assert completion_params(max_tokens=MAX_MODEL_LEN - 1).max_tokens == MAX_MODEL_LEN - 1
 
 
+def test_a_models_max_new_tokens_beyond_the_served_length_is_cut_not_refused():
+    # A generation config's max_new_tokens 1024 served at a shorter max_model_len: requests without a
+    # max_tokens of their own are served, as long as the prompt leaves room.
+    long_default = SamplingParams(max_tokens=1024)
+    assert completion_params(long_default).max_tokens == MAX_MODEL_LEN - 1
+    assert chat_params(long_default).max_tokens == MAX_MODEL_LEN - 1
+    with pytest.raises(InvalidRequestError, match="maximum length"):
+        chat_params(long_default, max_tokens=1024)
+
+
 def test_invalid_sampling_values_raise_invalid_request_error():
     with pytest.raises(InvalidRequestError, match="temperature"):
         completion_params(temperature=-1.0)
