@@ -85,10 +85,6 @@ def install_error_handlers(app: FastAPI) -> None:
         status = HTTPStatus(error.status_code)
         return JSONResponse(error_body(status, str(error.detail)), status_code=status, headers=error.headers)
 
-    async def on_unexpected_error(_: Request, error: Exception) -> JSONResponse:
-        return error_response(error)
-
-    app.add_exception_handler(Exception, on_unexpected_error)
     app.add_exception_handler(LmserveError, on_lmserve_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -1,4 +1,5 @@
-"""The gate every HTTP request passes before a handler: request id, draining, API keys, body size, metrics.
+"""The gate every HTTP request passes before a handler: request id, draining, API keys, body size, metrics,
+and the answer to an unexpected error.
 
 A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, so streamed responses and client
 disconnects pass through untouched.
@@ -15,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmserve.server.errors import ServerError, error_response
-from lmserve.server.logs import log_access, request_id_var
+from lmserve.server.logs import log_access, logger, request_id_var
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 REQUEST_ID_HEADER = b"x-request-id"
@@ -48,6 +49,11 @@ class GatewayMiddleware:
                 await error_response(refusal)(scope, receive, send_with_id)
             else:
                 await self._call_with_body_limit(state, scope, receive, send_with_id)
+        except Exception as error:  # a bug: answered here, so the 500 has its request id, log line and count
+            if status_holder[0]:
+                raise  # the response had started; the server closes the connection
+            logger.exception("unexpected error in %s %s", scope["method"], scope["path"])
+            await error_response(error)(scope, receive, send_with_id)
         finally:
             state.metrics.observe_http(status_holder[0])
             log_access(scope["method"], scope["path"], status_holder[0], time.monotonic() - started)
