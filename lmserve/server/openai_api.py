@@ -51,6 +51,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     params = body.to_sampling_params(state.engine.default_sampling_params(), _max_model_len(state))
     header = ResponseHeader(new_request_id("cmpl"), state.model_name)
     prompts = body.prompts()
+    if len(prompts) > state.capacity:  # each prompt is a request: such a batch would be told to retry forever
+        raise InvalidRequestError(f"{len(prompts)} prompts are more than this server takes at once "
+                                  f"({state.capacity} requests); send at most {state.capacity}")
     request_ids = [header.id] if len(prompts) == 1 else [f"{header.id}-{index}" for index in range(len(prompts))]
     streams = [
         state.generate(request, request_id, prompt, params, body.priority)

@@ -113,6 +113,13 @@ def test_waiting_requests_run_in_priority_order_from_the_body_or_the_header(smal
     assert finished == ["first", "second", "last"]
 
 
+def test_a_batch_of_more_prompts_than_the_capacity_is_a_400_not_a_429_forever(small_server: ServerProcess) -> None:
+    body = {"model": "tiny", "prompt": [f"p{i}" for i in range(CAPACITY + 1)], "max_tokens": 2}
+    assert_openai_error(post(small_server, body), 400, str(CAPACITY), "at most")
+    body["prompt"] = body["prompt"][:CAPACITY]  # a batch that fits an idle server is served
+    assert post(small_server, body).status_code == 200
+
+
 def test_a_priority_that_is_not_a_number_is_a_400(small_server: ServerProcess) -> None:
     for response in [
         post(small_server, completion("hi", 2, priority="high")),
