@@ -18,7 +18,8 @@ def client(text_model_dir, monkeypatch):
     client = EngineCoreClient(EngineConfig.from_options(str(text_model_dir), dtype="float32"))
     monkeypatch.setattr(client.process, "is_alive", lambda: True)  # stands in for a core that is starting
     yield client
-    client._input_socket.close(linger=0)
+    monkeypatch.undo()
+    client.shutdown()  # no process: closes the sockets and ends their contexts (left to the GC, that hangs)
 
 
 def test_a_send_before_the_core_has_connected_would_be_taken_for_a_dead_core(client):
